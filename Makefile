@@ -1,0 +1,37 @@
+# The README's commands. `make demo` and `make test` set everything up first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Every tool keeps its state inside the project, never in ~ or /tmp.
+WORK := $(CURDIR)/.lungcls-work
+export PREFECT_HOME := $(WORK)/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_TMPDIR := $(WORK)/ray
+export MPLCONFIGDIR := $(WORK)/matplotlib
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m lungcls.demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf lungcls-data $(WORK)

@@ -1,0 +1,148 @@
+"""One typed settings model for every stage.
+
+Values come, highest priority first, from keyword overrides, environment variables
+(`LUNGCLS_ROOT`, `LUNGCLS_PSEUDONYM_KEY`, nested fields as `LUNGCLS_INGEST__MAX_MEMBERS`),
+a YAML file (`--config`, `LUNGCLS_CONFIG`, or `./lungcls.yaml` when present), then the
+defaults below. S3 credentials never pass through here: s3fs takes them from the standard
+AWS chain (env, profile, instance role).
+
+    lungcls config            # print the resolved settings, secrets masked
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "LUNGCLS_CONFIG"
+DEFAULT_CONFIG_FILE = "lungcls.yaml"
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot work; the message says which setting and what to do."""
+
+
+class IngestLimits(BaseModel):
+    """Limits that keep hostile or broken archives (bombs, floods) from exhausting a worker."""
+
+    max_archive_bytes: int = Field(20 * GiB, description="Largest archive accepted, as stored.")
+    max_members: int = Field(100_000, description="Most files in one archive or folder.")
+    max_member_bytes: int = Field(2 * GiB, description="Largest single uncompressed member.")
+    max_uncompressed_bytes: int = Field(
+        60 * GiB, description="Most uncompressed bytes read from one archive."
+    )
+    max_compression_ratio: float = Field(
+        200.0, description="Uncompressed/compressed ratio above which an archive is a bomb."
+    )
+    ratio_check_after_bytes: int = Field(
+        16 * MiB, description="Ratios are only judged past this many uncompressed bytes."
+    )
+
+
+class IngestSettings(BaseModel):
+    inbox: str = Field("inbox", description="Folder under the root that receives batches.")
+    limits: IngestLimits = IngestLimits()
+    slice_position_tolerance_mm: float = Field(
+        0.05, description="Largest deviation of a slice step from the series' median step."
+    )
+
+
+class RaySettings(BaseModel):
+    """Where the parallel work of ingest, preprocessing and training runs."""
+
+    executor: Literal["ray", "local"] = Field(
+        "ray", description="'ray' fans work out as Ray tasks; 'local' runs it in this process."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster address; unset uses RAY_ADDRESS or starts Ray here."
+    )
+    num_cpus: int | None = Field(None, description="CPUs for a Ray started here; None = all.")
+
+
+class Settings(BaseSettings):
+    """Everything lungcls reads; the resolved copy is saved with every dataset and model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LUNGCLS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    root: str = Field("./lungcls-data", description="Storage root: a folder, file://, s3://.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto); unset = AWS."
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None, description="Key for patient/study/series pseudonyms (LUNGCLS_PSEUDONYM_KEY)."
+    )
+    work_dir: str = Field(
+        ".lungcls-work", description="Local scratch for Ray and Prefect state (never ~ or /tmp)."
+    )
+    ingest: IngestSettings = IngestSettings()
+    ray: RaySettings = RaySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = config_file_path()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The resolved settings as plain data, secrets masked: safe to save or print."""
+        data = self.model_dump(mode="json")
+        if self.pseudonym_key is not None:
+            data["pseudonym_key"] = "**********"
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.masked(), sort_keys=False)
+
+
+def config_file_path() -> Path | None:
+    """The YAML file in effect: `$LUNGCLS_CONFIG`, else `./lungcls.yaml` if it exists."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} (from ${CONFIG_ENV}) does not exist")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Resolve the settings; `config_file` wins over `$LUNGCLS_CONFIG` for this call."""
+    if config_file is None:
+        return Settings(**overrides)
+    previous = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    finally:
+        if previous is None:
+            del os.environ[CONFIG_ENV]
+        else:
+            os.environ[CONFIG_ENV] = previous

@@ -1,0 +1,92 @@
+"""Shared fixtures: isolated settings, a real S3-compatible server, real DICOM corpora.
+
+Every tool's state stays inside the test's temporary folders. The S3 server is a real
+`moto_server` process on 127.0.0.1 at a free port, reached over HTTP by s3fs, and stopped
+by PID when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lungcls.config import Settings
+from lungcls.storage import Storage
+from tests.support import make_settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("home")
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("LUNGCLS_ROOT", "LUNGCLS_CONFIG", "LUNGCLS_PSEUDONYM_KEY", "RAY_ADDRESS"):
+        os.environ.pop(name, None)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "root", tmp_path)
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    return Storage.from_settings(settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real moto S3 server on 127.0.0.1; yields its endpoint URL."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
+    assert server, "moto_server not installed: `make setup` installs moto[server]"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    yield endpoint
+    os.kill(process.pid, signal.SIGTERM)
+    process.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def s3_settings(s3_server: str, tmp_path: Path) -> Settings:
+    """Settings whose root is a fresh bucket on the moto server."""
+    import boto3
+
+    bucket = f"lungcls-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return make_settings(f"s3://{bucket}/root", tmp_path, s3_endpoint_url=s3_server)
