@@ -1,0 +1,102 @@
+"""Where parallel work runs: Ray tasks (a local Ray, or a cluster by `RAY_ADDRESS`) or in-process.
+
+Heavy stages call `map_unordered(fn, jobs)`; it yields results as they finish so the caller
+can commit each one (the ledger) and show progress. The same call uses two cores here and
+a whole cluster there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lungcls.config import Settings
+
+R = TypeVar("R")
+
+
+def ray_address(settings: Settings) -> str | None:
+    return settings.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ensure_ray(settings: Settings) -> None:
+    """Connect to the configured cluster, or start a local Ray with state under `work_dir`."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(settings)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    _use_project_auth_token(settings)
+    ray.init(
+        num_cpus=settings.ray.num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        _temp_dir=str(ray_temp_dir(settings)),
+        configure_logging=False,
+    )
+
+
+def _use_project_auth_token(settings: Settings) -> None:
+    """Ray 2.60 turns token auth on and writes its token to ~/.ray; keep it in `work_dir`.
+
+    Child processes (Ray workers, `ray` CLI calls) inherit the variables, so they agree.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token" or "RAY_AUTH_TOKEN" in os.environ:
+        return
+    path = Path(settings.work_dir).resolve() / "ray-auth-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(path))
+
+
+def ray_temp_dir(settings: Settings) -> Path:
+    """Ray's state folder, under `work_dir`, reached through a short path.
+
+    Ray puts Unix sockets in it, and socket paths may not exceed 107 bytes; deep project or
+    test folders would. A short symbolic link in the system temp folder points at the real
+    folder, which stays inside the project.
+    """
+    real = Path(settings.work_dir).resolve() / "ray"
+    real.mkdir(parents=True, exist_ok=True)
+    if len(str(real)) <= 40:
+        return real
+    digest = hashlib.sha256(str(real).encode()).hexdigest()[:10]
+    link = Path(tempfile.gettempdir()) / f"lungcls-ray-{digest}"
+    if not link.is_symlink():
+        link.symlink_to(real, target_is_directory=True)
+    return link
+
+
+def map_unordered(
+    fn: Callable[..., R],
+    jobs: Sequence[tuple[Any, ...]],
+    settings: Settings,
+    num_cpus: float = 1,
+) -> Iterator[R]:
+    """Run `fn(*job)` for every job; yield results in completion order."""
+    if settings.ray.executor == "local" or len(jobs) == 0:
+        for job in jobs:
+            yield fn(*job)
+        return
+    import ray
+
+    ensure_ray(settings)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    # Bounded in flight: results are committed as they come, and memory stays flat.
+    limit = max(2, int(ray.cluster_resources().get("CPU", 2) / num_cpus) * 2)
+    pending: list[Any] = []
+    queue = list(jobs)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            pending.append(remote.remote(*queue.pop(0)))
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])

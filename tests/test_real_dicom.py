@@ -1,0 +1,80 @@
+"""Ingest of the real Lung-PET-CT-Dx series in ../shared/data (TCIA, CC BY 4.0)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from lungcls.config import Settings
+from lungcls.dicom.deid import pseudonym
+from lungcls.ingest import ingest
+from lungcls.series_store import iter_series, volume_from_row
+from lungcls.storage import Storage
+from tests.support import REAL_DATA, TEST_KEY, make_settings
+
+SOURCE = REAL_DATA / "lung-pet-ct-dx"
+
+
+@pytest.fixture(scope="module")
+def real_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[dict]]:
+    assert SOURCE.is_dir(), f"real CT data missing at {SOURCE} (see ../shared/data/README.md)"
+    tmp = tmp_path_factory.mktemp("real")
+    shutil.copytree(SOURCE / "Lung_Dx-A0001", tmp / "root" / "inbox" / "tcia" / "case-1")
+    settings = make_settings(tmp / "root", tmp)
+    summary = ingest(settings, progress=False)
+    assert (summary.series_ingested, summary.quarantined) == (2, [])
+    return settings, list(iter_series(Storage.from_settings(settings)))
+
+
+def test_both_series_have_the_published_geometry(real_root) -> None:
+    _, rows = real_root
+    assert len(rows) == 2
+    assert sorted(r["convolution_kernel"] for r in rows) == ["B", "L"]
+    for row in rows:
+        volume = volume_from_row(row)
+        assert volume.shape == (64, 512, 512)
+        assert row["n_slices"] == 64
+        assert np.allclose(row["spacing_zyx_mm"], (5.0, 0.8418, 0.8418), atol=1e-4)
+        # air in front of the chest, inside the field of view
+        air = np.median(volume[20:44, 0:40, 200:312])
+        assert -1050 <= air <= -950, air
+        assert volume.max() > 1000  # bone survives the HU conversion
+
+
+def test_annotations_map_to_stored_slices(real_root) -> None:
+    _, rows = real_root
+    key = TEST_KEY.encode()
+    annotations = sorted((SOURCE / "annotations" / "A0001").glob("*.xml"))
+    assert annotations
+    files_by_uid = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for p in SOURCE.glob("Lung_Dx-A0001/*/*.dcm")
+    }
+    for xml in annotations:
+        slice_id = pseudonym(key, "instance", xml.stem)
+        hits = [(r, r["slice_ids"].index(slice_id)) for r in rows if slice_id in r["slice_ids"]]
+        assert len(hits) == 1, f"{xml.name} maps to {len(hits)} stored slices"
+        row, index = hits[0]
+        source = pydicom.dcmread(files_by_uid[xml.stem])
+        expected = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+        assert np.array_equal(volume_from_row(row)[index], expected.astype(np.int16))
+        # slices are sorted along z: the stored index matches the slice position
+        z0 = row["origin_xyz_mm"][2]
+        assert float(source.ImagePositionPatient[2]) == pytest.approx(z0 + 5.0 * index)
+
+
+def test_no_identifier_in_the_series_store(real_root) -> None:
+    settings, _ = real_root
+    root = Path(settings.root)
+    sample = pydicom.dcmread(next(SOURCE.glob("Lung_Dx-A0001/*/1-01.dcm")))
+    secrets = {"Lung_Dx-A0001", str(sample.StudyInstanceUID), str(sample.SeriesInstanceUID)}
+    secrets |= {p.stem for p in (SOURCE / "annotations" / "A0001").glob("*.xml")}
+    import pyarrow.parquet as pq
+
+    for path in (root / "series").glob("*.parquet"):
+        text = str(pq.read_table(path).drop(["volume"]).to_pylist())
+        assert not [s for s in secrets if s in text or s.encode() in path.read_bytes()]
