@@ -1,0 +1,148 @@
+"""Ingest throughput and memory, against a bare pydicom loop over the same archives.
+
+    .venv/bin/python bench/ingest.py [--scans 20] [--slices 64] [--size 256]
+
+Prints, from one run over the same files:
+- slices/s of `lungcls ingest` (in-process, one core) and of a bare loop that opens the same
+  archives and does `pydicom.dcmread` + `pixel_array` + HU rescale, and their ratio
+  (goal >= 0.8: checking, de-identifying and writing Parquet costs little on top of decoding);
+- slices/s of `lungcls ingest` on a local Ray (all cores), for scale;
+- peak RSS of a fresh `lungcls ingest` process over 2 and over 20 series (goal: flat, since
+  members are streamed and one archive is held at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from lungcls.config import Settings
+from lungcls.ingest import ingest
+from lungcls.storage import Storage
+from lungcls.synth import SynthOptions, synth_batch
+
+KEY = "bench-pseudonym-key-0123456789"
+
+
+def bare_loop(storage: Storage, archives: list[str]) -> int:
+    """The baseline: read every member, decode pixels, rescale to HU. Nothing else."""
+    slices = 0
+    for rel in archives:
+        with storage.open(rel, "rb") as f:
+            if rel.endswith(".zip"):
+                with zipfile.ZipFile(f) as z:
+                    blobs = (z.read(n) for n in z.namelist())
+                    slices += _decode_all(blobs)
+            else:
+                with tarfile.open(fileobj=f, mode="r|*") as t:
+                    blobs = (t.extractfile(m).read() for m in t if m.isfile())  # type: ignore[union-attr]
+                    slices += _decode_all(blobs)
+    return slices
+
+
+def _decode_all(blobs) -> int:
+    count = 0
+    for blob in blobs:
+        ds = pydicom.dcmread(io.BytesIO(blob))
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        count += int(hu.size > 0)
+    return count
+
+
+def peak_rss_mb(root: Path, work: Path) -> float:
+    """Peak RSS of a fresh process that ingests everything under `root`."""
+    code = (
+        "import resource, sys\n"
+        "from lungcls.config import Settings\n"
+        "from lungcls.ingest import ingest\n"
+        f"s = Settings(root={str(root)!r}, pseudonym_key={KEY!r}, work_dir={str(work)!r},"
+        " ray={'executor': 'local'})\n"
+        "ingest(s, progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scans", type=int, default=20)
+    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256, help="rows = columns")
+    args = parser.parse_args()
+
+    Path(".lungcls-work").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=".lungcls-work") as tmp:
+        tmp_path = Path(tmp)
+        options = SynthOptions(scans=args.scans, slices=args.slices, rows=args.size,
+                               columns=args.size, pixel_spacing_mm=340 / args.size,
+                               slice_spacing_mm=2.0, seed=1)  # fmt: skip
+        storage = Storage(str(tmp_path / "root"))
+        print(f"writing {args.scans} synthetic series of {args.slices}x{args.size}x{args.size}…")
+        scans = synth_batch(storage, "bench", options)
+        archives = sorted({s.archive for s in scans})
+        total_slices = args.scans * args.slices
+
+        start = time.perf_counter()
+        assert bare_loop(storage, archives) == total_slices
+        bare_s = time.perf_counter() - start
+
+        results = {}
+        for executor in ("local", "ray"):
+            root = tmp_path / f"root-{executor}"
+            shutil.copytree(tmp_path / "root" / "inbox", root / "inbox")
+            settings = Settings(root=str(root), pseudonym_key=KEY, work_dir=str(tmp_path / "work"),
+                                ray={"executor": executor})  # fmt: skip
+            if executor == "ray":  # start Ray outside the timing: steady-state throughput
+                from lungcls.compute import ensure_ray
+
+                ensure_ray(settings)
+            start = time.perf_counter()
+            summary = ingest(settings, progress=False)
+            results[executor] = time.perf_counter() - start
+            assert summary.series_ingested == args.scans, summary
+        import ray
+
+        ray.shutdown()  # before its temp folder goes
+
+        rss = {}
+        for count in (2, 20):
+            root = tmp_path / f"rss-{count}"
+            synth_batch(
+                Storage(str(root)), "b", SynthOptions(**{**options.__dict__, "scans": count})
+            )
+            rss[count] = peak_rss_mb(root, tmp_path / "work")
+
+    report = {
+        "slices": total_slices,
+        "bare_pydicom_slices_per_s": round(total_slices / bare_s, 1),
+        "lungcls_ingest_slices_per_s": round(total_slices / results["local"], 1),
+        "ratio_lungcls_vs_bare": round(bare_s / results["local"], 3),
+        "lungcls_ingest_ray_slices_per_s": round(total_slices / results["ray"], 1),
+        "peak_rss_mb_2_series": round(rss[2], 1),
+        "peak_rss_mb_20_series": round(rss[20], 1),
+        "rss_ratio_20_vs_2": round(rss[20] / rss[2], 3),
+    }
+    print(json.dumps(report, indent=2))
+    print(
+        f"ingest {report['lungcls_ingest_slices_per_s']} slices/s vs bare pydicom "
+        f"{report['bare_pydicom_slices_per_s']} slices/s: ratio {report['ratio_lungcls_vs_bare']}"
+        f" (goal >= 0.8); peak RSS 2 vs 20 series: {report['peak_rss_mb_2_series']} vs "
+        f"{report['peak_rss_mb_20_series']} MB (goal: flat)"
+    )
+
+
+if __name__ == "__main__":
+    main()
