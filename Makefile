@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m lungcls.demo
+	$(BIN)/lungcls demo
 
 test: setup
 	$(BIN)/python -m pytest -q
