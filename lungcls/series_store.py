@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -96,11 +96,10 @@ class SeriesRecord:
     nodule_center_xyz_mm: tuple[float, float, float] | None = None
     nodule_diameter_mm: float | None = None
     ingest_run: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, object]:
-        row = asdict(self)
-        row.pop("extra")
+        # Not dataclasses.asdict: it would deep-copy the volume.
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
         volume = np.ascontiguousarray(self.volume, dtype="<i2")
         row.update(
             rows=volume.shape[1],
