@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lungcls import phantom
 from lungcls.phantom import Geometry, Nodule, centered_geometry, render_chest, sample_nodule
+from lungcls.phantom.anatomy import lung_sd
+from lungcls.phantom.random_anatomy import draw_anatomy
 
 VOLUME = centered_geometry((48, 128, 128), (5.0, 2.8, 2.8))
 
@@ -149,8 +150,8 @@ def test_sample_nodule_region_is_lung_in_every_patient_shape() -> None:
     )
     x, y, z = centers.T
     for seed in range(80):
-        anatomy = phantom._draw_anatomy(np.random.default_rng(seed))
-        assert phantom._lung_sd(anatomy, x, y, z).max() < -1.0
+        anatomy = draw_anatomy(np.random.default_rng(seed))
+        assert lung_sd(anatomy, x, y, z).max() < -1.0
 
 
 def test_sample_nodule_label_statistics() -> None:
