@@ -3,11 +3,13 @@
     lungcls config                      print the resolved settings (secrets masked)
     lungcls synth --batch demo-001      write a synthetic batch of CT archives into the inbox
     lungcls ingest [--batch B] [--json] ingest new archives into the series store
+    lungcls dataset build|list|show     versioned, validated, patient-split datasets
     lungcls demo                        everything built so far, end to end, on synthetic data
 
 Global options go before the subcommand: `lungcls --root s3://bucket/lungcls ingest`.
 Exit status: 0 when the command ran (quarantined input included), 2 for bad usage or
-configuration, 1 when storage or another service could not be used.
+configuration, 1 when storage or another service could not be used, 3 when the data as a
+whole breaks a contract (the build stops; nothing is published).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from lungcls.config import ConfigError, Settings, load_settings
+from lungcls.contracts import ContractError
+from lungcls.datasets import DatasetError
 from lungcls.storage import StorageError
 
 log = logging.getLogger("lungcls")
@@ -93,6 +97,91 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from lungcls.datasets import build_dataset
+
+    result = build_dataset(
+        _settings(args), name=args.name, progress=None if not args.json else False
+    )
+    if args.json:
+        print(json.dumps(vars(result), indent=2))
+        return 0
+    if not result.created:
+        print(f"dataset {result.name} v{result.version} is up to date: no new data, no new version")
+        return 0
+    print(
+        f"dataset {result.name} v{result.version}: {result.preprocessed} series preprocessed, "
+        f"{result.reused_shards} shards reused, {len(result.quarantined)} quarantined "
+        f"({result.seconds:.1f} s); manifest {result.manifest_path}"
+    )
+    _print_counts(result.counts)
+    for item in result.quarantined:
+        print(f"  quarantined {item.get('series_id', '')}: {item['code']}: {item['message']}")
+    return 0
+
+
+def _print_counts(counts: dict[str, dict[str, int]]) -> None:
+    for split, by_label in counts.items():
+        print(
+            f"  {split:<5}  negative {by_label.get('0', 0):>5}  positive {by_label.get('1', 0):>5}"
+        )
+
+
+def cmd_dataset_list(args: argparse.Namespace) -> int:
+    from lungcls.datasets import list_versions, load_manifest
+    from lungcls.storage import Storage
+
+    settings = _settings(args)
+    storage = Storage.from_settings(settings)
+    name = args.name or settings.dataset.name
+    versions = list_versions(storage, name)
+    if not versions:
+        print(f"dataset {name}: no versions yet (lungcls dataset build)")
+    for version in versions:
+        m = load_manifest(storage, name, version)
+        contracts = ", ".join(
+            f"{c['name']} {c['version']} ({c['rows_rejected']} rejected)"
+            for c in m["contracts"].values()
+        )
+        splits = " ".join(f"{s}={sum(c.values())}" for s, c in m["counts"].items())
+        print(
+            f"{name} v{version}: {m['samples']} samples ({splits}); parent "
+            f"{m['parent'] or '-'}; preprocess {m['preprocess']['hash']}; {contracts}"
+        )
+    return 0
+
+
+def cmd_dataset_show(args: argparse.Namespace) -> int:
+    from lungcls.datasets import load_manifest
+    from lungcls.storage import Storage
+
+    settings = _settings(args)
+    manifest = load_manifest(
+        Storage.from_settings(settings), args.name or settings.dataset.name, args.version
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    print(f"dataset {manifest['name']} v{manifest['version']} (parent {manifest['parent'] or '-'})")
+    print(
+        f"  tensor {manifest['tensor']['shape']} {manifest['tensor']['dtype']}, preprocess "
+        f"{manifest['preprocess']['hash']}: {json.dumps(manifest['preprocess']['config'])}"
+    )
+    _print_counts(manifest["counts"])
+    print(f"  excluded: {manifest['excluded']}")
+    for contract in manifest["contracts"].values():
+        print(
+            f"  contract {contract['name']} {contract['version']}: "
+            f"{contract['evaluated_expectations']} expectations, {contract['rows']} rows, "
+            f"{contract['rows_rejected']} rejected"
+        )
+    print(
+        f"  {len(manifest['shards'])} shards, "
+        f"{sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lungcls.demo import run_demo
 
@@ -140,13 +229,38 @@ def build_parser() -> argparse.ArgumentParser:
         default="volume",
         help="3D series, or one slice through the nodule per series (2D)",
     )
-    synth.add_argument("--unlabelled-fraction", type=float, default=0.0,
-                       help="share of series left out of labels.csv")  # fmt: skip
+    synth.add_argument(
+        "--unlabelled-fraction",
+        type=float,
+        default=0.0,
+        help="share of series left out of labels.csv",
+    )
     synth.add_argument("--seed", type=int, default=0, help="same seed, byte-identical archives")
 
     ingest = add("ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
     ingest.add_argument("--batch", help="only this batch folder (default: every batch)")
     ingest.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+    dataset = commands.add_parser(
+        "dataset", help="build, list and show versioned datasets", description="Dataset versions."
+    )
+    dataset_commands = dataset.add_subparsers(
+        dest="dataset_command", required=True, metavar="ACTION"
+    )
+    build = dataset_commands.add_parser(
+        "build", help="validate, preprocess and shard new series into the next version"
+    )
+    build.set_defaults(handler=cmd_dataset_build)
+    build.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    build.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    listing = dataset_commands.add_parser("list", help="list versions with counts and contracts")
+    listing.set_defaults(handler=cmd_dataset_list)
+    listing.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    show = dataset_commands.add_parser("show", help="show one version's manifest")
+    show.set_defaults(handler=cmd_dataset_show)
+    show.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    show.add_argument("--version", type=int, help="version number (default: the latest)")
+    show.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     add("demo", cmd_demo, "run every stage built so far on a fresh synthetic batch")
     return parser
@@ -163,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValidationError) as error:
         print(f"lungcls: configuration error: {error}", file=sys.stderr)
         return 2
+    except (ContractError, DatasetError) as error:
+        print(f"lungcls: {error}", file=sys.stderr)
+        return 3
     except (StorageError, OSError, BotoCoreError, ClientError) as error:
         print(f"lungcls: storage error: {error}", file=sys.stderr)
         return 1

@@ -60,6 +60,53 @@ class IngestSettings(BaseModel):
     )
 
 
+class ContractSettings(BaseModel):
+    """Which contract versions apply, and the parameters their suites leave open."""
+
+    series_metadata_version: str = Field("latest", description="e.g. 'v1'; latest = highest.")
+    tensor_version: str = Field("latest", description="e.g. 'v1'; latest = highest.")
+    max_slice_thickness_mm: float = 5.0
+    min_pixel_spacing_mm: float = 0.2
+    max_pixel_spacing_mm: float = 5.0
+    min_matrix: int = Field(32, description="Fewest rows/columns a series may have.")
+    max_matrix: int = 2048
+    min_slices: int = Field(1, description="Fewest slices (1 admits single-slice 2D series).")
+    max_slices: int = 3000
+    max_rejected_share: float = Field(
+        0.25, description="A build fails when contracts reject more than this share of rows."
+    )
+
+
+class PreprocessSettings(BaseModel):
+    """Series -> fixed-shape tensor. Hashed: any change makes a new dataset version."""
+
+    mode: Literal["3d", "2d"] = Field("3d", description="3D patches or 2D slices.")
+    spacing_mm: tuple[float, float, float] = Field(
+        (1.0, 1.0, 1.0),
+        description="Target spacing (z, y, x); in 2D, z is the step between "
+        "the slices taken as channels.",
+    )
+    shape: tuple[int, int, int] = Field(
+        (48, 48, 48), description="Target shape (z, y, x); 2D: (slices, rows, columns)."
+    )
+    windows: list[tuple[float, float]] = Field(
+        [(-600.0, 1500.0)], description="(centre, width) HU windows, one channel each."
+    )
+
+
+class DatasetSettings(BaseModel):
+    name: str = Field("lung-nodules", description="Dataset name under datasets/.")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.7, 0.15, 0.15), description="train/val/test shares of patients."
+    )
+    shard_target_mb: float = Field(64.0, description="Target shard size before compression.")
+    compression: Literal["zstd", "none"] = Field("zstd", description="Shard compression.")
+    tensor_dtype: Literal["float16", "float32"] = "float16"
+    require_both_classes: bool = Field(
+        True, description="Fail a build whose train/val/test split lacks a class."
+    )
+
+
 class RaySettings(BaseModel):
     """Where the parallel work of ingest, preprocessing and training runs."""
 
@@ -93,6 +140,9 @@ class Settings(BaseSettings):
         ".lungcls-work", description="Local scratch for Ray and Prefect state (never ~ or /tmp)."
     )
     ingest: IngestSettings = IngestSettings()
+    contracts: ContractSettings = ContractSettings()
+    preprocess: PreprocessSettings = PreprocessSettings()
+    dataset: DatasetSettings = DatasetSettings()
     ray: RaySettings = RaySettings()
 
     @classmethod

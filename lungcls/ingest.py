@@ -315,11 +315,7 @@ def _commit(
     for item in quarantined:
         summary.series_quarantined += item.level == "series"
         summary.files_quarantined += item.level == "file"
-        summary.quarantined.append(_summary_item(item))
-
-
-def _summary_item(item: QuarantineItem) -> dict[str, object]:
-    return {k: v for k, v in asdict(item).items() if v is not None}
+        summary.quarantined.append(item.summary())
 
 
 def _load_labels(
@@ -348,7 +344,7 @@ def _load_labels(
             for p in parsed.problems
         ]
         write_quarantine(storage, run_id, items)
-        summary.quarantined.extend(_summary_item(i) for i in items)
+        summary.quarantined.extend(i.summary() for i in items)
     return out
 
 
@@ -383,4 +379,4 @@ def _check_unmatched_labels(
         if label.key not in known[batch]
     ]
     write_quarantine(storage, run_id, items)
-    summary.quarantined.extend(_summary_item(i) for i in items)
+    summary.quarantined.extend(i.summary() for i in items)

@@ -33,11 +33,16 @@ class QuarantineItem:
     sha256: str | None = None
     series_id: str | None = None
     row: int | None = None
+    details: dict[str, object] | None = None
 
     @property
     def item_id(self) -> str:
         identity = f"{self.level}|{self.source_url}|{self.member}|{self.series_id}|{self.row}"
         return hashlib.sha256(f"{identity}|{self.code}".encode()).hexdigest()[:16]
+
+    def summary(self) -> dict[str, object]:
+        """The record without empty fields, for run summaries and `--json`."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def to_json(self, run_id: str) -> dict[str, object]:
         return {

@@ -164,3 +164,14 @@ def iter_series(
                 for row in parquet.read_row_group(group).to_pylist():
                     if row["series_id"] in current:
                         yield row
+
+
+def load_series(storage: Storage, rel: str, series_id: str) -> dict[str, object]:
+    """One full row (volume included) from a series file, reading only its row group."""
+    with storage.open(rel, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        ids = parquet.read(columns=["series_id"]).column(0).to_pylist()
+        if series_id not in ids:
+            raise KeyError(f"{series_id} is not in {rel}")
+        # One series per row group (see write_series_file), so the row index is the group.
+        return parquet.read_row_group(ids.index(series_id)).to_pylist()[0]

@@ -30,14 +30,48 @@ from lungcls.storage import Storage
 RESCALE_INTERCEPT = -1024.0
 _FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
-_FIRST = ["Amira", "Jonas", "Leila", "Mateo", "Ingrid", "Kwame", "Sofia", "Hiroshi", "Noor",
-          "Elena", "Tobias", "Priya", "Olusegun", "Marta", "Dmitri", "Aiko"]  # fmt: skip
-_LAST = ["Okafor", "Lindqvist", "Haddad", "Moreau", "Castillo", "Novak", "Tanaka", "Brennan",
-         "Achterberg", "Delacroix", "Oyelaran", "Vasquez", "Kowalczyk", "Abernathy"]  # fmt: skip
+_FIRST = [
+    "Amira",
+    "Jonas",
+    "Leila",
+    "Mateo",
+    "Ingrid",
+    "Kwame",
+    "Sofia",
+    "Hiroshi",
+    "Noor",
+    "Elena",
+    "Tobias",
+    "Priya",
+    "Olusegun",
+    "Marta",
+    "Dmitri",
+    "Aiko",
+]
+_LAST = [
+    "Okafor",
+    "Lindqvist",
+    "Haddad",
+    "Moreau",
+    "Castillo",
+    "Novak",
+    "Tanaka",
+    "Brennan",
+    "Achterberg",
+    "Delacroix",
+    "Oyelaran",
+    "Vasquez",
+    "Kowalczyk",
+    "Abernathy",
+]
 _STREETS = ["Juniper Lane", "Harbour Road", "Kestrel Avenue", "Quarry Street", "Linden Way"]
 _CITIES = ["Eastbrook", "Marrowfield", "Port Ellison", "Castlereagh", "Wrenfold"]
-_INSTITUTIONS = ["St. Wilfrid Regional Hospital", "Northgate Cancer Centre",
-                 "Ashcombe University Clinic", "Riverside Thoracic Institute"]  # fmt: skip
+_INSTITUTIONS = [
+    "St. Wilfrid Regional Hospital",
+    "Northgate Cancer Centre",
+    "Ashcombe University Clinic",
+    "Riverside Thoracic Institute",
+]
 SCANNERS = [
     ("SIEMENS", "SOMATOM Definition AS", "B31f", 120.0),
     ("GE MEDICAL SYSTEMS", "LightSpeed VCT", "STANDARD", 120.0),
@@ -79,9 +113,18 @@ class FakeIdentity:
 
     def values(self) -> list[str]:
         """The distinctive values a leak test searches for."""
-        return [self.patient_id, self.patient_name, self.birth_date, self.address,
-                self.telephone, self.other_patient_id, self.institution,
-                self.institution_address, self.referring_physician, self.operator]  # fmt: skip
+        return [
+            self.patient_id,
+            self.patient_name,
+            self.birth_date,
+            self.address,
+            self.telephone,
+            self.other_patient_id,
+            self.institution,
+            self.institution_address,
+            self.referring_physician,
+            self.operator,
+        ]
 
 
 @dataclass(frozen=True)
@@ -99,8 +142,14 @@ class ScanIdentity:
     device_serial: str
 
     def values(self) -> list[str]:
-        return [self.study_uid, self.series_uid, self.frame_of_reference_uid,
-                self.accession_number, self.study_date, self.device_serial]  # fmt: skip
+        return [
+            self.study_uid,
+            self.series_uid,
+            self.frame_of_reference_uid,
+            self.accession_number,
+            self.study_date,
+            self.device_serial,
+        ]
 
 
 @dataclass
@@ -323,8 +372,18 @@ def labels_csv(scans: list[SynthScan]) -> str:
     """labels.csv for a batch, keyed mostly by series UID, some rows by study or patient."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["series_uid", "study_uid", "patient_id", "label", "nodule_x_mm",
-                     "nodule_y_mm", "nodule_z_mm", "nodule_diameter_mm"])  # fmt: skip
+    writer.writerow(
+        [
+            "series_uid",
+            "study_uid",
+            "patient_id",
+            "label",
+            "nodule_x_mm",
+            "nodule_y_mm",
+            "nodule_z_mm",
+            "nodule_diameter_mm",
+        ]
+    )
     patients = [s.patient.patient_id for s in scans]
     for scan in scans:
         if scan.label is None:

@@ -44,9 +44,26 @@ def test_config_prints_resolved_settings_without_secrets(tmp_path: Path) -> None
 def test_synth_then_ingest_json(tmp_path: Path) -> None:
     env = {"LUNGCLS_PSEUDONYM_KEY": TEST_KEY}
     root = str(tmp_path / "root")
-    made = run("--root", root, "synth", "--batch", "b", "--scans", "3", "--slices", "10",
-               "--slice-spacing", "6", "--rows", "32", "--columns", "32", "--pixel-spacing",
-               "10", env=env)  # fmt: skip
+    made = run(
+        "--root",
+        root,
+        "synth",
+        "--batch",
+        "b",
+        "--scans",
+        "3",
+        "--slices",
+        "10",
+        "--slice-spacing",
+        "6",
+        "--rows",
+        "32",
+        "--columns",
+        "32",
+        "--pixel-spacing",
+        "10",
+        env=env,
+    )
     assert made.returncode == 0, made.stderr
     assert "3 synthetic scans" in made.stdout
     (tmp_path / "root" / "inbox" / "b" / "junk.zip").write_bytes(b"not a zip at all")
@@ -68,15 +85,24 @@ def test_bad_configuration_exits_2_with_a_message(tmp_path: Path) -> None:
 
 
 def test_s3_root_without_key_exits_2(s3_settings) -> None:
-    result = run("--root", s3_settings.root, "ingest",
-                 env={"LUNGCLS_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url})  # fmt: skip
+    result = run(
+        "--root",
+        s3_settings.root,
+        "ingest",
+        env={"LUNGCLS_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url},
+    )
     assert result.returncode == 2
     assert "LUNGCLS_PSEUDONYM_KEY" in result.stderr
 
 
 def test_unreachable_storage_exits_1(tmp_path: Path) -> None:
-    result = run("--root", "s3://no-such-bucket/x", "--executor", "local", "ingest",
-                 env={"LUNGCLS_PSEUDONYM_KEY": TEST_KEY,
-                      "LUNGCLS_S3_ENDPOINT_URL": "http://127.0.0.1:9"})  # fmt: skip
+    result = run(
+        "--root",
+        "s3://no-such-bucket/x",
+        "--executor",
+        "local",
+        "ingest",
+        env={"LUNGCLS_PSEUDONYM_KEY": TEST_KEY, "LUNGCLS_S3_ENDPOINT_URL": "http://127.0.0.1:9"},
+    )
     assert result.returncode == 1, result.stderr
     assert "storage error" in result.stderr and "Traceback" not in result.stderr

@@ -23,8 +23,9 @@ from lungcls.storage import Storage
 from lungcls.synth import SynthOptions, SynthScan, pack_zip, synth_batch
 from tests.support import TEST_KEY, make_settings
 
-SMALL = SynthOptions(scans=8, slices=12, rows=48, columns=48, pixel_spacing_mm=7.0,
-                     slice_spacing_mm=5.0, seed=3)  # fmt: skip
+SMALL = SynthOptions(
+    scans=8, slices=12, rows=48, columns=48, pixel_spacing_mm=7.0, slice_spacing_mm=5.0, seed=3
+)
 KEY = TEST_KEY.encode()
 
 
@@ -124,8 +125,11 @@ def test_identifiers_never_leave_the_inbox(settings: Settings, storage: Storage)
         blobs = [path.read_bytes()]
         if path.suffix == ".parquet":  # compressed: search the decoded values too
             table = pq.read_table(path)
-            blobs.append(str(table.drop([c for c in ["volume"] if c in table.column_names])
-                             .to_pylist()).encode())  # fmt: skip
+            blobs.append(
+                str(
+                    table.drop([c for c in ["volume"] if c in table.column_names]).to_pylist()
+                ).encode()
+            )
         leaks = [s for s in secrets for blob in blobs if s.encode() in blob]
         assert not leaks, f"{path.relative_to(root)} contains {leaks[:3]}"
         checked += 1
@@ -151,8 +155,16 @@ def test_kill_9_mid_ingest_then_rerun_stores_each_series_once(tmp_path: Path) ->
     options = SynthOptions(scans=40, slices=24, rows=96, columns=96, seed=11)
     scans = synth_batch(storage, "big", options)
     env = {**os.environ, "LUNGCLS_PSEUDONYM_KEY": TEST_KEY}
-    command = [sys.executable, "-m", "lungcls.cli", "--root", settings.root, "--executor",
-               "local", "ingest"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "lungcls.cli",
+        "--root",
+        settings.root,
+        "--executor",
+        "local",
+        "ingest",
+    ]
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     ledger = Path(settings.root) / LEDGER_PATH
     deadline = time.monotonic() + 120

@@ -78,3 +78,57 @@ def test_no_identifier_in_the_series_store(real_root) -> None:
     for path in (root / "series").glob("*.parquet"):
         text = str(pq.read_table(path).drop(["volume"]).to_pylist())
         assert not [s for s in secrets if s in text or s.encode() in path.read_bytes()]
+
+
+def _largest_annotation() -> tuple[Path, tuple[int, int, int, int], pydicom.Dataset]:
+    import xml.etree.ElementTree as ET
+
+    best = None
+    for xml in (SOURCE / "annotations" / "A0001").glob("*.xml"):
+        box = ET.parse(xml).find(".//bndbox")
+        xmin, ymin, xmax, ymax = (int(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if best is None or (xmax - xmin) * (ymax - ymin) > best[1]:
+            best = (xml, (xmax - xmin) * (ymax - ymin), (xmin, ymin, xmax, ymax))
+    assert best is not None
+    uid = best[0].stem
+    path = next(
+        p
+        for p in SOURCE.glob("Lung_Dx-A0001/*/*.dcm")
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == uid
+    )
+    return path, best[2], pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def test_dataset_crop_centred_on_the_tumour_contains_it(tmp_path: Path) -> None:
+    from lungcls.datasets import build_dataset, load_manifest
+    from lungcls.shards import iter_samples, tensor_from_row
+
+    path, (xmin, ymin, xmax, ymax), ds = _largest_annotation()
+    row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+    x0, y0, z0 = (float(v) for v in ds.ImagePositionPatient)
+    centre = (x0 + (xmin + xmax) / 2 * column_spacing, y0 + (ymin + ymax) / 2 * row_spacing, z0)
+    batch = tmp_path / "root" / "inbox" / "tcia"
+    shutil.copytree(path.parent, batch / "case-1")
+    (batch / "labels.csv").write_text(
+        "series_uid,label,nodule_x_mm,nodule_y_mm,nodule_z_mm\n"
+        f"{ds.SeriesInstanceUID},1,{centre[0]},{centre[1]},{centre[2]}\n"
+    )
+    settings = make_settings(
+        tmp_path / "root",
+        tmp_path,
+        preprocess={"shape": (3, 96, 96), "spacing_mm": (5.0, 1.0, 1.0)},
+        dataset={"require_both_classes": False},
+    )
+    assert ingest(settings, progress=False).quarantined == []
+    result = build_dataset(settings, progress=False)
+    assert result.created and result.preprocessed == 1
+    storage = Storage.from_settings(settings)
+    manifest = load_manifest(storage, "lung-nodules")
+    (row,) = iter_samples(storage, [s["path"] for s in manifest["shards"]])
+    patch = tensor_from_row(row)[0, 1].astype(np.float32)  # lung window, the annotated slice
+    hu = patch * 1500.0 - 1350.0
+    half_x = (xmax - xmin) * column_spacing / 2
+    half_y = (ymax - ymin) * row_spacing / 2
+    inside = hu[int(48 - half_y) : int(48 + half_y), int(48 - half_x) : int(48 + half_x)]
+    assert np.median(inside) > -150  # soft-tissue tumour, not aerated lung (about -850)
+    assert np.median(hu) < np.median(inside)  # and the patch is not all tumour

@@ -13,8 +13,9 @@ import pydicom
 from lungcls.storage import Storage
 from lungcls.synth import SynthOptions, synth_batch
 
-OPTIONS = SynthOptions(scans=6, slices=8, rows=40, columns=40, pixel_spacing_mm=8.0,
-                       slice_spacing_mm=6.0, seed=5)  # fmt: skip
+OPTIONS = SynthOptions(
+    scans=6, slices=8, rows=40, columns=40, pixel_spacing_mm=8.0, slice_spacing_mm=6.0, seed=5
+)
 
 
 def _members(storage: Storage, rel: str) -> dict[str, bytes]:
@@ -45,14 +46,24 @@ def test_files_are_complete_ct_with_fake_identifiers(storage: Storage) -> None:
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in members.values()]
     ds = datasets[0]
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Modality == "CT"
-    for keyword in ("PatientName", "PatientBirthDate", "PatientAddress", "InstitutionName",
-                    "AccessionNumber", "ReferringPhysicianName", "OtherPatientIDs"):  # fmt: skip
+    for keyword in (
+        "PatientName",
+        "PatientBirthDate",
+        "PatientAddress",
+        "InstitutionName",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "OtherPatientIDs",
+    ):
         assert str(ds.get(keyword, "")), keyword
     assert len({d.SOPInstanceUID for d in datasets}) == len(datasets)
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     assert hu.min() >= -1024 and hu.max() > 300  # air and bone both present
-    zs = sorted(float(d.ImagePositionPatient[2]) for d in datasets if d.SeriesInstanceUID
-                == ds.SeriesInstanceUID)  # fmt: skip
+    zs = sorted(
+        float(d.ImagePositionPatient[2])
+        for d in datasets
+        if d.SeriesInstanceUID == ds.SeriesInstanceUID
+    )
     assert np.allclose(np.diff(zs), OPTIONS.slice_spacing_mm)
 
 
@@ -72,8 +83,15 @@ def test_labels_csv_matches_the_plan(storage: Storage) -> None:
 
 
 def test_slice_mode_cuts_through_the_nodule(storage: Storage) -> None:
-    options = SynthOptions(scans=4, rows=64, columns=64, pixel_spacing_mm=5.0, mode="slice",
-                           positive_fraction=1.0, seed=2)  # fmt: skip
+    options = SynthOptions(
+        scans=4,
+        rows=64,
+        columns=64,
+        pixel_spacing_mm=5.0,
+        mode="slice",
+        positive_fraction=1.0,
+        seed=2,
+    )
     scans = synth_batch(storage, "s", options)
     for scan in scans:
         assert scan.geometry.shape_zyx[0] == 1
