@@ -86,9 +86,15 @@ def main() -> None:
     Path(".lungcls-work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=".lungcls-work") as tmp:
         tmp_path = Path(tmp)
-        options = SynthOptions(scans=args.scans, slices=args.slices, rows=args.size,
-                               columns=args.size, pixel_spacing_mm=340 / args.size,
-                               slice_spacing_mm=2.0, seed=1)  # fmt: skip
+        options = SynthOptions(
+            scans=args.scans,
+            slices=args.slices,
+            rows=args.size,
+            columns=args.size,
+            pixel_spacing_mm=340 / args.size,
+            slice_spacing_mm=2.0,
+            seed=1,
+        )
         storage = Storage(str(tmp_path / "root"))
         print(f"writing {args.scans} synthetic series of {args.slices}x{args.size}x{args.size}…")
         scans = synth_batch(storage, "bench", options)
@@ -103,8 +109,12 @@ def main() -> None:
         for executor in ("local", "ray"):
             root = tmp_path / f"root-{executor}"
             shutil.copytree(tmp_path / "root" / "inbox", root / "inbox")
-            settings = Settings(root=str(root), pseudonym_key=KEY, work_dir=str(tmp_path / "work"),
-                                ray={"executor": executor})  # fmt: skip
+            settings = Settings(
+                root=str(root),
+                pseudonym_key=KEY,
+                work_dir=str(tmp_path / "work"),
+                ray={"executor": executor},
+            )
             if executor == "ray":  # start Ray outside the timing: steady-state throughput
                 from lungcls.compute import ensure_ray
 
