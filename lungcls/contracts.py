@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -98,6 +99,9 @@ def _gx():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network, no telemetry
     import great_expectations as gx
 
+    # GX pins some of its loggers at INFO; its chatter is not the user's business.
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return gx
 
 
@@ -108,8 +112,12 @@ def validate(
     storage: Storage | None = None,
     run_id: str | None = None,
     max_rejected_share: float = 1.0,
+    scratch_dir: str | None = None,
 ) -> ContractResult:
-    """Validate `frame` against `contract`; save results and Data Docs when `storage` is given."""
+    """Validate `frame` against `contract`; save results and Data Docs when `storage` is given.
+
+    `scratch_dir` holds the Data Docs while they are built (default: the system temp folder).
+    """
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import (
@@ -170,7 +178,7 @@ def validate(
             batch_failures.append(f"{config.type}({column}) {found}")
 
     if storage is not None and run_id is not None:
-        outcome.result_path = _save(storage, run_id, contract, result, context)
+        outcome.result_path = _save(storage, run_id, contract, result, context, scratch_dir)
     where = f" (results: {outcome.result_path})" if outcome.result_path else ""
     label = f"contract {contract.name} {contract.version}"
     if outcome.evaluated == 0:
@@ -187,12 +195,22 @@ def validate(
     return outcome
 
 
-def _save(storage: Storage, run_id: str, contract: Contract, result: Any, context: Any) -> str:
+def _save(
+    storage: Storage,
+    run_id: str,
+    contract: Contract,
+    result: Any,
+    context: Any,
+    scratch_dir: str | None,
+) -> str:
     """Write the result JSON and the Data Docs site under `runs/<run>/validation/`."""
     base = f"runs/{run_id}/validation"
     rel = f"{base}/{contract.name}-{contract.version}.json"
     storage.write_atomic(rel, json.dumps(result.to_json_dict(), indent=2, default=str).encode())
-    with tempfile.TemporaryDirectory(prefix="lungcls-gx-docs-") as docs:
+    if scratch_dir:
+        scratch_dir = str(Path(scratch_dir).resolve())  # GX wants absolute paths
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gx-docs-", dir=scratch_dir) as docs:
         site = {
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs},

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,17 +39,7 @@ from lungcls.shards import STAT_COLUMNS, Sample, ShardInfo, read_shard_metadata,
 from lungcls.splits import SPLITS, patient_split
 from lungcls.storage import Storage
 
-log = logging.getLogger(__name__)
-
 MANIFEST_SCHEMA = "lungcls.dataset/1"
-SOURCE_COLUMNS = [
-    "series_id",
-    "archive_sha256",
-    "label",
-    "nodule_x_mm",
-    "nodule_y_mm",
-    "nodule_z_mm",
-]
 
 
 class DatasetError(RuntimeError):
@@ -121,9 +110,16 @@ def series_frame(storage: Storage, ledger: Ledger) -> pd.DataFrame:
     return frame
 
 
-def _fingerprint(frame: pd.DataFrame, settings: Settings, contracts: list[Contract]) -> str:
-    """Everything a version is a function of; equal fingerprints mean nothing to build."""
-    sources = frame[SOURCE_COLUMNS].astype(str).sort_values("series_id").values.tolist()
+def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract]) -> str:
+    """Everything a version is a function of; equal fingerprints mean nothing to build.
+
+    A series is a function of its archive's bytes, so the ledger's (archive SHA-256, series)
+    pairs stand for its metadata and pixels without reading them: the no-new-data check
+    stays cheap, and two roots holding the same archives agree.
+    """
+    sources = sorted(
+        (e.sha256, s) for e in ledger.entries if e.status == "ingested" for s in e.series_ids
+    )
     payload = {
         "sources": sources,
         "preprocess": settings.preprocess.model_dump(mode="json"),
@@ -214,10 +210,9 @@ def build_dataset(
     storage = Storage.from_settings(settings)
     key = pseudonym_key(settings, storage)
     ledger = Ledger.load(storage)
-    frame = series_frame(storage, ledger)
     series_contract = load_contract("series_metadata", settings.contracts.series_metadata_version)
     tensor_contract = load_contract("tensor", settings.contracts.tensor_version)
-    fingerprint = _fingerprint(frame, settings, [series_contract, tensor_contract])
+    fingerprint = _fingerprint(ledger, settings, [series_contract, tensor_contract])
 
     versions = list_versions(storage, name)
     parent = load_manifest(storage, name, versions[-1]) if versions else None
@@ -230,6 +225,7 @@ def build_dataset(
             counts=parent["counts"],
             seconds=time.monotonic() - started,
         )
+    frame = series_frame(storage, ledger)
     if frame.empty:
         raise DatasetError("the series store is empty: run `lungcls ingest` first")
 
@@ -269,6 +265,7 @@ def build_dataset(
     all_stats = pd.concat([_shard_stats(storage, shards), stats], ignore_index=True)
     all_stats = all_stats.drop_duplicates("sample_id").sort_values("sample_id")
     required = [f"{s}:{y}" for s in SPLITS for y in (0, 1)]
+    write_quarantine(storage, run_id, items)  # before the check that may stop the build
     tensor_result = validate(
         all_stats,
         tensor_contract,
@@ -276,8 +273,8 @@ def build_dataset(
         storage,
         run_id,
         settings.contracts.max_rejected_share,
+        settings.work_dir,
     )
-    write_quarantine(storage, run_id, items)
     result.quarantined = [i.summary() for i in items]
 
     counts: dict[str, dict[str, int]] = {s: {"0": 0, "1": 0} for s in SPLITS}
