@@ -4,6 +4,7 @@
     lungcls synth --batch demo-001      write a synthetic batch of CT archives into the inbox
     lungcls ingest [--batch B] [--json] ingest new archives into the series store
     lungcls dataset build|list|show     versioned, validated, patient-split datasets
+    lungcls train [--resume]            train a CNN with Ray Train; publish a candidate model
     lungcls demo                        everything built so far, end to end, on synthetic data
 
 Global options go before the subcommand: `lungcls --root s3://bucket/lungcls ingest`.
@@ -27,7 +28,9 @@ from pydantic import ValidationError
 from lungcls.config import ConfigError, Settings, load_settings
 from lungcls.contracts import ContractError
 from lungcls.datasets import DatasetError
+from lungcls.registry import RegistryError
 from lungcls.storage import StorageError
+from lungcls.train import TrainError
 
 log = logging.getLogger("lungcls")
 
@@ -182,6 +185,26 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from lungcls.train import train_model
+
+    settings = _settings(args)
+    if args.workers:
+        settings.train.num_workers = args.workers
+    if args.epochs:
+        settings.train.epochs = args.epochs
+    result = train_model(settings, args.dataset, args.version, resume=args.resume)
+    if args.json:
+        print(json.dumps(vars(result), indent=2))
+        return 0
+    print(
+        f"{result.run_id}: model {result.model_name} v{result.model_version} (candidate), best "
+        f"val AUC {result.best_val_auc:.4f} at epoch {result.best_epoch + 1} of "
+        f"{result.epochs_run}, {result.seconds:.0f} s"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lungcls.demo import run_demo
 
@@ -262,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--version", type=int, help="version number (default: the latest)")
     show.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
+    train = add("train", cmd_train, "train a CNN on a dataset version with Ray Train")
+    train.add_argument("--dataset", help="dataset name (default: dataset.name)")
+    train.add_argument("--version", type=int, help="dataset version (default: the latest)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (default: train.num_workers)")
+    train.add_argument("--epochs", type=int, help="epochs (default: train.epochs)")
+    train.add_argument(
+        "--resume", action="store_true", help="resume the latest unfinished run from its checkpoint"
+    )
+    train.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
     add("demo", cmd_demo, "run every stage built so far on a fresh synthetic batch")
     return parser
 
@@ -277,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValidationError) as error:
         print(f"lungcls: configuration error: {error}", file=sys.stderr)
         return 2
-    except (ContractError, DatasetError) as error:
+    except (ContractError, DatasetError, TrainError, RegistryError) as error:
         print(f"lungcls: {error}", file=sys.stderr)
         return 3
     except (StorageError, OSError, BotoCoreError, ClientError) as error:

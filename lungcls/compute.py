@@ -31,13 +31,15 @@ def ensure_ray(settings: Settings) -> None:
     if ray.is_initialized():
         return
     address = ray_address(settings)
+    # Workers' output (Ray Data plans, Ray Train reports) stays in Ray's logs; stages report
+    # progress through storage instead, which works the same on a cluster.
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=False)
         return
     _use_project_auth_token(settings)
     ray.init(
         num_cpus=settings.ray.num_cpus or os.cpu_count(),
-        include_dashboard=False,
+        log_to_driver=False,
         _temp_dir=str(ray_temp_dir(settings)),
         configure_logging=False,
     )

@@ -107,6 +107,45 @@ class DatasetSettings(BaseModel):
     )
 
 
+class ModelSettings(BaseModel):
+    name: str = Field("lung-nodule-cnn", description="Model name under models/.")
+    width: int = Field(16, description="Channels of the first stage (doubled each stage).")
+    depth: int = Field(3, description="Stages; each halves the resolution.")
+    blocks_per_stage: int = 1
+    dropout: float = 0.2
+
+
+class TrainSettings(BaseModel):
+    num_workers: int = Field(2, description="Ray Train workers (DDP ranks).")
+    cpus_per_worker: float = Field(
+        0.5, description="Fractional on small machines: Ray Data needs CPU too."
+    )
+    use_gpu: Literal["auto", "yes", "no"] = Field(
+        "auto", description="auto: if the cluster has one."
+    )
+    batch_size: int = Field(8, description="Per worker.")
+    epochs: int = 40
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    grad_clip_norm: float = 1.0
+    augment_strength: float = Field(1.0, description="0 = no augmentation; scales all of it.")
+    class_balance: Literal["weights", "none"] = "weights"
+    early_stopping_patience: int = Field(10, description="Epochs without a better val AUC.")
+    seed: int = 0
+    max_failures: int = Field(3, description="Worker failures survived by resuming.")
+    amp: bool = Field(True, description="Mixed precision, on GPU only.")
+    cache_max_mb: float = Field(
+        2048, description="Datasets up to this size (decoded) are held in Ray's object store."
+    )
+
+
+class TuneSettings(BaseModel):
+    trials: int = Field(8, description="Hyperparameter trials (Ray Tune, ASHA).")
+    max_epochs: int = Field(20, description="Epochs of the longest trial.")
+    grace_period: int = Field(4, description="Epochs before ASHA may stop a trial.")
+
+
 class RaySettings(BaseModel):
     """Where the parallel work of ingest, preprocessing and training runs."""
 
@@ -143,6 +182,9 @@ class Settings(BaseSettings):
     contracts: ContractSettings = ContractSettings()
     preprocess: PreprocessSettings = PreprocessSettings()
     dataset: DatasetSettings = DatasetSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    tune: TuneSettings = TuneSettings()
     ray: RaySettings = RaySettings()
 
     @classmethod

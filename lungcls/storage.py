@@ -66,6 +66,24 @@ class Storage:
         endpoint = (getattr(self.fs, "client_kwargs", None) or {}).get("endpoint_url")
         return (Storage, (self.root_url, endpoint))
 
+    def arrow_filesystem(self) -> tuple[Any, str]:
+        """A pyarrow filesystem and the root's path in it, for Ray Data and Ray Train.
+
+        Credentials and region come from the standard AWS chain, as for s3fs.
+        """
+        import pyarrow.fs
+
+        if self.is_local:
+            return pyarrow.fs.LocalFileSystem(), self.root_path
+        if not self.root_url.startswith(("s3://", "s3a://")):
+            raise StorageError(f"Ray cannot read {self.root_url}: use a local folder or s3://")
+        endpoint = (getattr(self.fs, "client_kwargs", None) or {}).get("endpoint_url")
+        options: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            options.update(endpoint_override=host, scheme=scheme)
+        return pyarrow.fs.S3FileSystem(**options), self.root_path
+
     # -- naming ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
         """The filesystem path of `rel` (what fsspec calls take)."""

@@ -1,0 +1,147 @@
+"""Training with Ray Train on a real local Ray: learning, worker failure, determinism, S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungcls.config import Settings
+from lungcls.datasets import build_dataset
+from lungcls.ingest import ingest
+from lungcls.registry import load_model, load_record
+from lungcls.storage import Storage
+from lungcls.synth import SynthOptions, synth_batch
+from lungcls.train import train_model
+from tests.support import make_settings
+
+SCANS = SynthOptions(
+    scans=48, slices=20, rows=64, columns=64, pixel_spacing_mm=5.6, slice_spacing_mm=5.0, seed=21
+)
+TINY = {
+    "contracts": {"max_pixel_spacing_mm": 6.0},
+    "preprocess": {"shape": (16, 16, 16), "spacing_mm": (2.5, 2.5, 2.5)},
+    "model": {"width": 8, "depth": 2},
+    "train": {
+        "epochs": 12,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "warmup_epochs": 1,
+        "early_stopping_patience": 100,
+    },
+    "ray": {"executor": "local", "num_cpus": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory: pytest.TempPathFactory, s3_server: str):
+    """One local Ray for the module, started after the S3 server so that its workers
+    inherit the credentials from the environment, as they would on a real node."""
+    import ray
+
+    from lungcls.compute import ensure_ray
+
+    work = tmp_path_factory.mktemp("ray")
+    ensure_ray(make_settings(work / "root", work, ray={"executor": "ray", "num_cpus": 2}))
+    yield
+    ray.shutdown()
+
+
+def _prepared(root: str | Path, tmp_path: Path, **extra: object) -> Settings:
+    settings = make_settings(root, tmp_path, **{**TINY, **extra})
+    synth_batch(Storage.from_settings(settings), "b1", SCANS)
+    ingest(settings, progress=False)
+    assert build_dataset(settings, progress=False).created
+    return settings
+
+
+def _weights(settings: Settings, version: int | None = None) -> dict[str, torch.Tensor]:
+    storage = Storage.from_settings(settings)
+    return load_model(storage, load_record(storage, settings.model.name, version)).state_dict()
+
+
+def test_two_workers_learn_far_above_chance(tmp_path: Path, ray_local: None) -> None:
+    settings = _prepared(tmp_path / "root", tmp_path)
+    started = time.monotonic()
+    result = train_model(settings)
+    assert time.monotonic() - started < 120
+    assert result.best_val_auc >= 0.8, result.history
+    assert result.history[0]["workers"] == 2 and len(result.history) == 12
+    storage = Storage.from_settings(settings)
+    record = load_record(storage, settings.model.name)
+    assert record["dataset"] == {"name": "lung-nodules", "version": 1}
+    assert record["version"] == result.model_version == 1
+    assert storage.exists("models/lung-nodule-cnn/v1/model.ts")
+    scripted = torch.jit.load(str(Path(settings.root) / "models/lung-nodule-cnn/v1/model.ts"))
+    x = torch.rand(2, 1, 16, 16, 16)
+    model = load_model(storage, record)
+    assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_local: None) -> None:
+    from ray.util.state import list_actors
+
+    settings = _prepared(tmp_path / "root", tmp_path, train={**TINY["train"], "epochs": 8})
+    storage = Storage.from_settings(settings)
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train_model(settings)))
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        histories = [f for f in storage.list_files("runs") if f.path.endswith("history.json")]
+        if histories and len(storage.read_bytes(histories[0].path)) > 2:  # an epoch is done
+            workers = list_actors(
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+            )
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    thread.join(timeout=300)
+    assert killed is not None, "training ended before a worker could be killed"
+    result = outcome["result"]
+    history = result.history  # type: ignore[attr-defined]
+    assert [h["epoch"] for h in history] == list(range(8))  # each epoch once: resumed
+    assert history[-1]["resumes"] >= 1 and history[0]["resumes"] == 0
+    weights = _weights(settings)  # the final model loads
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_same_seed_on_one_worker_gives_identical_weights(tmp_path: Path, ray_local: None) -> None:
+    one = {**TINY["train"], "num_workers": 1, "epochs": 3, "cpus_per_worker": 1}
+    settings = _prepared(tmp_path / "root", tmp_path, train=one)
+    train_model(settings)
+    train_model(settings)
+    first, second = _weights(settings, 1), _weights(settings, 2)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_training_on_s3_puts_checkpoints_in_the_bucket(
+    tmp_path: Path, s3_settings: Settings, ray_local: None
+) -> None:
+    import boto3
+
+    short = {**TINY["train"], "epochs": 2}
+    settings = s3_settings.model_copy(
+        update={
+            k: getattr(make_settings(tmp_path, tmp_path, **{**TINY, "train": short}), k)
+            for k in TINY
+        }
+    )
+    synth_batch(Storage.from_settings(settings), "b1", SCANS)
+    ingest(settings, progress=False)
+    build_dataset(settings, progress=False)
+    result = train_model(settings)
+    bucket, prefix = settings.root[len("s3://") :].split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    assert any(f"ray-train/{result.run_id}/checkpoint_" in k for k in keys)
+    assert f"{prefix}/models/lung-nodule-cnn/v1/model.json" in keys
+    assert np.isfinite(result.best_val_auc)
