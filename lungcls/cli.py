@@ -5,6 +5,7 @@
     lungcls ingest [--batch B] [--json] ingest new archives into the series store
     lungcls dataset build|list|show     versioned, validated, patient-split datasets
     lungcls train [--resume]            train a CNN with Ray Train; publish a candidate model
+    lungcls tune [--trials N]           hyperparameter search (Ray Tune, ASHA); publish the best
     lungcls demo                        everything built so far, end to end, on synthetic data
 
 Global options go before the subcommand: `lungcls --root s3://bucket/lungcls ingest`.
@@ -205,6 +206,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from lungcls.tune import tune_model
+
+    settings = _settings(args)
+    if args.trials:
+        settings.tune.trials = args.trials
+    if args.max_epochs:
+        settings.tune.max_epochs = args.max_epochs
+    result = tune_model(settings, args.dataset, args.version)
+    if args.json:
+        print(json.dumps(vars(result), indent=2))
+        return 0
+    print(
+        f"{result.run_id}: best trial published as model {result.model_name} "
+        f"v{result.model_version} (candidate), val AUC {result.best_val_auc:.4f}, "
+        f"{result.seconds:.0f} s"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lungcls.demo import run_demo
 
@@ -294,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="resume the latest unfinished run from its checkpoint"
     )
     train.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+    tune = add("tune", cmd_tune, "search hyperparameters with Ray Tune (ASHA); publish the best")
+    tune.add_argument("--dataset", help="dataset name (default: dataset.name)")
+    tune.add_argument("--version", type=int, help="dataset version (default: the latest)")
+    tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials)")
+    tune.add_argument("--max-epochs", type=int, help="epochs of the longest trial")
+    tune.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
     add("demo", cmd_demo, "run every stage built so far on a fresh synthetic batch")
     return parser

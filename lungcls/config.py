@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -186,6 +186,15 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     tune: TuneSettings = TuneSettings()
     ray: RaySettings = RaySettings()
+
+    @field_validator("root", "work_dir")
+    @classmethod
+    def _absolute_local_path(cls, value: str) -> str:
+        # Resolved once, where the settings are read: Ray Tune trials and Ray workers run in
+        # other working directories.
+        if "://" in value:
+            return value
+        return str(Path(value).expanduser().resolve())
 
     @classmethod
     def settings_customise_sources(

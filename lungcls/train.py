@@ -259,72 +259,85 @@ def _datasets(storage: Storage, manifest: dict[str, Any], train: TrainSettings) 
     return out
 
 
-def train_model(
+def make_trainer(
     settings: Settings,
-    dataset: str | None = None,
-    version: int | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Train on a dataset version and publish the best epoch as a new model version."""
+    manifest: dict[str, Any],
+    run_id: str,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The TorchTrainer for one run of `settings.train` on a dataset version."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    started = time.monotonic()
+    train = settings.train
     storage = Storage.from_settings(settings)
-    manifest = load_manifest(storage, dataset or settings.dataset.name, version)
-    run_id, train_settings = _run_identity(storage, settings, manifest, resume)
-    ensure_ray(settings)
     counts = manifest["counts"]["train"]
     negatives, positives = counts.get("0", 0), counts.get("1", 0)
     if not negatives or not positives:
         raise TrainError(f"the train split needs both classes; it has {counts}")
-    pos_weight = negatives / positives if train_settings.class_balance == "weights" else 1.0
-    gpus = ray.cluster_resources().get("GPU", 0) if train_settings.use_gpu == "auto" else 0
-    use_gpu = train_settings.use_gpu == "yes" or gpus > 0
     filesystem, storage_path = _ray_storage(storage)
     loop_config = {
-        "train": train_settings.model_dump(),
+        "train": train.model_dump(),
         "model": settings.model.model_dump(),
         "tensor_shape": manifest["tensor"]["shape"],
-        "pos_weight": pos_weight,
-        "threads": max(1, int(train_settings.cpus_per_worker)),
-        "shuffle_buffer": 4 * train_settings.batch_size,
+        "pos_weight": negatives / positives if train.class_balance == "weights" else 1.0,
+        "threads": max(1, int(train.cpus_per_worker)),
+        "shuffle_buffer": 4 * train.batch_size,
         "storage": storage,
         "run_id": run_id,
     }
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train_settings.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": train_settings.cpus_per_worker},
+            num_workers=train.num_workers,
+            use_gpu=_use_gpu(train),
+            resources_per_worker={"CPU": train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
             name=run_id,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=train_settings.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute="val_auc",
                 checkpoint_score_order="max",
             ),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
-        datasets=_datasets(storage, manifest, train_settings),
+        datasets=_datasets(storage, manifest, train),
         # Blocks in a fixed order: with one worker and one seed, runs repeat exactly.
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
     )
-    result = _fit_with_progress(trainer, storage, run_id, train_settings.epochs)
+
+
+def _use_gpu(train: TrainSettings) -> bool:
+    import ray
+
+    if train.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return train.use_gpu == "yes"
+
+
+def publish_best(
+    settings: Settings,
+    manifest: dict[str, Any],
+    run_id: str,
+    result: Any,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Publish the best checkpoint of a finished Ray Train run as a new model version."""
     if result.error is not None:
         raise TrainError(f"training run {run_id} failed: {result.error}")
+    storage = Storage.from_settings(settings)
     # Best val AUC; among ties (small val sets saturate), the lowest val loss.
     best_checkpoint, best_metrics = max(
         result.best_checkpoints,
         key=lambda pair: (_finite(pair[1]["val_auc"]), -pair[1]["val_loss"]),
     )
-    model = build_model(settings.model, manifest["tensor"]["shape"], train_settings.seed)
+    model = build_model(settings.model, manifest["tensor"]["shape"], settings.train.seed)
     model.load_state_dict(_load_checkpoint(best_checkpoint)["model"])
     history = _load_checkpoint(result.checkpoint)["state"]["history"]  # the latest: every epoch
     record = {
@@ -334,27 +347,48 @@ def train_model(
         "preprocess": manifest["preprocess"],
         "tensor_shape": manifest["tensor"]["shape"],
         "model": settings.model.model_dump(),
-        "train": train_settings.model_dump(),
+        "train": settings.train.model_dump(),
         "best": {"epoch": int(best_metrics["epoch"]), "val_auc": best_metrics["val_auc"]},
         "history": history,
-        "environment": _environment(use_gpu, train_settings.num_workers),
+        "environment": _environment(_use_gpu(settings.train), settings.train.num_workers),
         "settings": settings.masked(),
+        **(extra or {}),
     }
-    model_version = publish_model(
-        storage, settings.model.name, serialise_model(model, record["tensor_shape"]), record
-    )
-    finished = {**_read_run(storage, run_id), "status": "finished", "model_version": model_version}
-    _write_run(storage, run_id, finished)
+    files = serialise_model(model, record["tensor_shape"])
+    version = publish_model(storage, settings.model.name, files, record)
     return TrainResult(
         run_id=run_id,
         model_name=settings.model.name,
-        model_version=model_version,
+        model_version=version,
         best_epoch=int(best_metrics["epoch"]),
         best_val_auc=float(best_metrics["val_auc"]),
         epochs_run=len(history),
-        seconds=time.monotonic() - started,
+        seconds=0.0,
         history=history,
     )
+
+
+def train_model(
+    settings: Settings,
+    dataset: str | None = None,
+    version: int | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train on a dataset version and publish the best epoch as a new model version."""
+    started = time.monotonic()
+    storage = Storage.from_settings(settings)
+    manifest = load_manifest(storage, dataset or settings.dataset.name, version)
+    reference = {"name": manifest["name"], "version": manifest["version"]}
+    run_id, settings, reference = _run_identity(storage, settings, reference, resume)
+    manifest = load_manifest(storage, reference["name"], reference["version"])
+    ensure_ray(settings)
+    trainer = make_trainer(settings, manifest, run_id)
+    result = _fit_with_progress(trainer, storage, run_id, settings.train.epochs)
+    outcome = publish_best(settings, manifest, run_id, result)
+    finished = {**_read_run(storage, run_id), "status": "finished"}
+    _write_run(storage, run_id, {**finished, "model_version": outcome.model_version})
+    outcome.seconds = time.monotonic() - started
+    return outcome
 
 
 def _ordered() -> Any:
@@ -398,22 +432,32 @@ def _finite(value: float) -> float:
 
 
 def _run_identity(
-    storage: Storage, settings: Settings, manifest: dict[str, Any], resume: bool
-) -> tuple[str, TrainSettings]:
-    """A new run, or with `resume` the latest unfinished one (its own settings win)."""
+    storage: Storage, settings: Settings, dataset: dict[str, Any], resume: bool
+) -> tuple[str, Settings, dict[str, Any]]:
+    """A new run, or with `resume` the latest unfinished one: its own model, training
+    settings and dataset version win, so the restored checkpoints fit."""
     if resume:
         for info in reversed(storage.list_files(TRAIN_RUNS)):
             if info.path.endswith("/train.json"):
                 run = json.loads(storage.read_bytes(info.path))
                 if run.get("status") == "running":
                     log.info("resuming training run %s", run["run_id"])
-                    return run["run_id"], TrainSettings(**run["train"])
+                    update = {
+                        "train": TrainSettings(**run["train"]),
+                        "model": ModelSettings(**run["model"]),
+                    }
+                    return run["run_id"], settings.model_copy(update=update), run["dataset"]
         raise TrainError("no unfinished training run to resume")
     run_id = new_run_id("train")
-    dataset = {"name": manifest["name"], "version": manifest["version"]}
-    record = {"run_id": run_id, "status": "running", "dataset": dataset}
-    _write_run(storage, run_id, {**record, "train": settings.train.model_dump()})
-    return run_id, settings.train
+    record = {
+        "run_id": run_id,
+        "status": "running",
+        "dataset": dataset,
+        "train": settings.train.model_dump(),
+        "model": settings.model.model_dump(),
+    }
+    _write_run(storage, run_id, record)
+    return run_id, settings, dataset
 
 
 def _read_run(storage: Storage, run_id: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from lungcls.storage import Storage
 def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_settings()
-    assert settings.root == "./lungcls-data"
+    assert settings.root == str(tmp_path / "lungcls-data")  # resolved where it was read
     assert settings.ray.executor == "ray"
     assert settings.pseudonym_key is None
 

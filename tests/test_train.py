@@ -145,3 +145,19 @@ def test_training_on_s3_puts_checkpoints_in_the_bucket(
     assert any(f"ray-train/{result.run_id}/checkpoint_" in k for k in keys)
     assert f"{prefix}/models/lung-nodule-cnn/v1/model.json" in keys
     assert np.isfinite(result.best_val_auc)
+
+
+def test_tune_publishes_the_best_trial(tmp_path: Path, ray_local: None) -> None:
+    from lungcls.tune import tune_model
+
+    settings = _prepared(
+        tmp_path / "root", tmp_path, tune={"trials": 2, "max_epochs": 2, "grace_period": 1}
+    )
+    result = tune_model(settings)
+    record = load_record(Storage.from_settings(settings), settings.model.name)
+    assert record["version"] == result.model_version == 1
+    trials = record["tune"]["trials"]
+    assert len(trials) == 2
+    assert result.best_val_auc == max(t["val_auc"] for t in trials)
+    assert record["model"]["width"] == record["tune"]["best_config"]["width"]
+    assert _weights(settings)
