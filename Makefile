@@ -31,7 +31,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 bench: setup
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/datasets.py
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/shards.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf lungcls-data $(WORK)
