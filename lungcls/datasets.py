@@ -38,6 +38,7 @@ from lungcls.series_store import load_series, read_series_index, volume_from_row
 from lungcls.shards import STAT_COLUMNS, Sample, ShardInfo, read_shard_metadata, write_shard
 from lungcls.splits import SPLITS, patient_split
 from lungcls.storage import Storage
+from lungcls.versions import committed_versions, read_marker
 
 MANIFEST_SCHEMA = "lungcls.dataset/1"
 
@@ -65,26 +66,17 @@ def version_dir(name: str, version: int) -> str:
 
 def list_versions(storage: Storage, name: str) -> list[int]:
     """Committed versions (those with a manifest), oldest first."""
-    versions = []
-    for folder in storage.list_dirs(f"datasets/{name}"):
-        tail = folder.rsplit("/", 1)[-1]
-        committed = storage.exists(f"{folder}/manifest.json")
-        if tail.startswith("v") and tail[1:].isdigit() and committed:
-            versions.append(int(tail[1:]))
-    return sorted(versions)
+    return committed_versions(storage, f"datasets/{name}", "manifest.json")
 
 
 def load_manifest(storage: Storage, name: str, version: int | None = None) -> dict[str, Any]:
     """A version's manifest (`None`: the latest)."""
-    if version is None:
-        versions = list_versions(storage, name)
-        if not versions:
+    manifest = read_marker(storage, f"datasets/{name}", "manifest.json", version)
+    if manifest is None:
+        if version is None:
             raise DatasetError(f"dataset {name!r} has no version yet: run `lungcls dataset build`")
-        version = versions[-1]
-    path = f"{version_dir(name, version)}/manifest.json"
-    if not storage.exists(path):
         raise DatasetError(f"dataset {name!r} has no version {version}")
-    return json.loads(storage.read_bytes(path))
+    return manifest
 
 
 def series_frame(storage: Storage, ledger: Ledger) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import torch
 from lungcls.config import ModelSettings
 from lungcls.models import build_model
 from lungcls.storage import Storage
+from lungcls.versions import committed_versions, read_marker
 
 MODEL_SCHEMA = "lungcls.model/1"
 RECORD = "model.json"
@@ -32,12 +33,7 @@ def model_dir(name: str, version: int) -> str:
 
 def list_model_versions(storage: Storage, name: str) -> list[int]:
     """Committed versions (those with a model.json), oldest first."""
-    versions = []
-    for folder in storage.list_dirs(f"models/{name}"):
-        tail = folder.rsplit("/", 1)[-1]
-        if tail.startswith("v") and tail[1:].isdigit() and storage.exists(f"{folder}/{RECORD}"):
-            versions.append(int(tail[1:]))
-    return sorted(versions)
+    return committed_versions(storage, f"models/{name}", RECORD)
 
 
 def publish_model(
@@ -58,15 +54,12 @@ def publish_model(
 
 def load_record(storage: Storage, name: str, version: int | None = None) -> dict[str, Any]:
     """A version's model.json (`None`: the latest)."""
-    if version is None:
-        versions = list_model_versions(storage, name)
-        if not versions:
+    record = read_marker(storage, f"models/{name}", RECORD, version)
+    if record is None:
+        if version is None:
             raise RegistryError(f"model {name!r} has no version yet: run `lungcls train`")
-        version = versions[-1]
-    path = f"{model_dir(name, version)}/{RECORD}"
-    if not storage.exists(path):
         raise RegistryError(f"model {name!r} has no version {version}")
-    return json.loads(storage.read_bytes(path))
+    return record
 
 
 def load_model(storage: Storage, record: dict[str, Any]) -> torch.nn.Module:
