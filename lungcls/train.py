@@ -178,6 +178,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 labels += batch["label"].tolist()
         scores, labels = _gather(scores), _gather(labels)
         totals = _gather([loss_sum, float(samples), val_loss, waiting, train_seconds])
+        pids = [int(p) for p in _gather([float(os.getpid())])]  # which processes ran it
         world = len(totals) // 5
         loss_sum, samples_all, val_loss = (sum(totals[i::5]) for i in range(3))
         val_auc = float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float("nan")
@@ -195,13 +196,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_seconds": train_seconds,
             "workers": world,
             "resumes": state["resumes"],
+            "worker_pids": pids,
         }
         state["history"].append(metrics)
         state["epoch"] = epoch
         stop = state["stale"] > train.early_stopping_patience or epoch == train.epochs - 1
-        if rank == 0:  # the driver prints progress from this file (see _follow_progress)
-            history = json.dumps(state["history"]).encode()
-            config["storage"].write_atomic(f"{TRAIN_RUNS}/{config['run_id']}/history.json", history)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
@@ -217,6 +216,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report({**metrics, "stop": stop}, checkpoint=checkpoint)
+        if rank == 0:
+            # After the report: an epoch in this file has its checkpoint persisted. The driver
+            # prints progress from it (see _fit_with_progress).
+            history = json.dumps(state["history"]).encode()
+            config["storage"].write_atomic(f"{TRAIN_RUNS}/{config['run_id']}/history.json", history)
         if stop:
             break
 

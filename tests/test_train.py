@@ -85,7 +85,7 @@ def test_two_workers_learn_far_above_chance(tmp_path: Path, ray_local: None) -> 
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_local: None) -> None:
-    from ray.util.state import list_actors
+    import json
 
     settings = _prepared(tmp_path / "root", tmp_path, train={**TINY["train"], "epochs": 8})
     storage = Storage.from_settings(settings)
@@ -96,20 +96,17 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_loca
     deadline = time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and thread.is_alive():
         histories = [f for f in storage.list_files("runs") if f.path.endswith("history.json")]
-        if histories and len(storage.read_bytes(histories[0].path)) > 2:  # an epoch is done
-            workers = list_actors(
-                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-            )
-            if workers:
-                killed = workers[0].pid
-                os.kill(killed, signal.SIGKILL)
+        history = json.loads(storage.read_bytes(histories[0].path)) if histories else []
+        if len(history) >= 2:  # epochs done and checkpointed: kill a process that ran them
+            killed = history[-1]["worker_pids"][-1]
+            os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     thread.join(timeout=300)
     assert killed is not None, "training ended before a worker could be killed"
-    result = outcome["result"]
-    history = result.history  # type: ignore[attr-defined]
+    history = outcome["result"].history  # type: ignore[attr-defined]
     assert [h["epoch"] for h in history] == list(range(8))  # each epoch once: resumed
-    assert history[-1]["resumes"] >= 1 and history[0]["resumes"] == 0
+    assert history[0]["resumes"] == 0 and history[-1]["resumes"] >= 1
+    assert killed in history[0]["worker_pids"] and killed not in history[-1]["worker_pids"]
     weights = _weights(settings)  # the final model loads
     assert all(torch.isfinite(w).all() for w in weights.values())
 
