@@ -6,6 +6,9 @@
     lungcls dataset build|list|show     versioned, validated, patient-split datasets
     lungcls train [--resume]            train a CNN with Ray Train; publish a candidate model
     lungcls tune [--trials N]           hyperparameter search (Ray Tune, ASHA); publish the best
+    lungcls evaluate [--model V]        metrics with CIs, operating point, plots, report
+    lungcls promote | rollback          the gated champion alias, with a logged decision
+    lungcls predict PATH | --batch B    score new series with the champion
     lungcls demo                        everything built so far, end to end, on synthetic data
 
 Global options go before the subcommand: `lungcls --root s3://bucket/lungcls ingest`.
@@ -29,6 +32,8 @@ from pydantic import ValidationError
 from lungcls.config import ConfigError, Settings, load_settings
 from lungcls.contracts import ContractError
 from lungcls.datasets import DatasetError
+from lungcls.evaluate import EvaluationError
+from lungcls.predict import PredictError
 from lungcls.registry import RegistryError
 from lungcls.storage import StorageError
 from lungcls.train import TrainError
@@ -226,6 +231,109 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lungcls.evaluate import evaluate_model
+
+    settings = _settings(args)
+    result = evaluate_model(
+        settings, args.name, args.model, args.dataset, args.dataset_version, force=args.force
+    )
+    report = result.report
+    at_op = report["metrics"]["at_operating_point"]
+    key = {
+        "model": report["model"],
+        "dataset": report["dataset"],
+        "operating_point": report["operating_point"],
+        "test": {
+            name: {"value": at_op["values"][name], "ci95": at_op["ci95"].get(name)}
+            for name in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "ece")
+        },
+        "report": {
+            "html": _url(settings, f"{result.folder}/report.html"),
+            "json": _url(settings, f"{result.folder}/report.json"),
+        },
+    }
+    if args.json:
+        print(json.dumps(key, indent=2))
+        return 0
+    model, op = report["model"], report["operating_point"]
+    print(
+        f"model {model['name']} v{model['version']} on {report['dataset']['name']} "
+        f"v{report['dataset']['version']} test; operating point {op['threshold']:.3f} "
+        f"(val sensitivity {op['val_sensitivity']:.2f}, target {op['target_sensitivity']:.2f})"
+    )
+    for name, entry in key["test"].items():
+        low, high = entry["ci95"] or (float("nan"), float("nan"))
+        print(f"  {name:<12} {entry['value']:.3f}  (95 % CI {low:.3f}-{high:.3f})")
+    print(f"report: {key['report']['html']}")
+    return 0
+
+
+def _url(settings: Settings, rel: str) -> str:
+    from lungcls.storage import Storage
+
+    return Storage.from_settings(settings).url(rel)
+
+
+def _print_decision(decision) -> None:
+    print(
+        f"{decision.action} {decision.model}: {decision.outcome}; champion "
+        f"v{decision.champion_before} -> v{decision.champion_after} (decision {decision.id})"
+    )
+    for gate in decision.gates:
+        print(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name}: {gate.detail}")
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from lungcls.promote import promote
+
+    decision = promote(_settings(args), args.version, args.name)
+    if args.json:
+        print(json.dumps(asdict(decision), indent=2, default=str))
+    else:
+        _print_decision(decision)
+    return 0 if decision.outcome == "promoted" else 4
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from lungcls.promote import rollback
+
+    decision = rollback(_settings(args), args.name)
+    _print_decision(decision)
+    return 0 if decision.outcome == "rolled_back" else 4
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from lungcls.predict import predict_batch, predict_source
+
+    settings = _settings(args)
+    if args.batch:
+        predictions, where = predict_batch(settings, args.batch, args.model_version, args.out)
+        print(f"{len(predictions)} series scored; results in {where}/predictions.parquet and .csv")
+        return 0
+    if not args.source:
+        print("lungcls predict: give a file, folder or archive, or --batch NAME", file=sys.stderr)
+        return 2
+    centre = tuple(float(v) for v in args.center.split(",")) if args.center else None
+    predictions = predict_source(
+        settings, args.source, centre, args.model_version, saliency_dir=args.saliency
+    )
+    if args.json:
+        print(json.dumps([asdict(p) for p in predictions], indent=2))
+        return 0
+    for p in predictions:
+        print(
+            f"{p.series_id}: p(malignant) {p.probability:.4f} -> {p.decision} at "
+            f"{p.threshold:.3f} [{p.threshold_source}], centre from {p.centre}, "
+            f"model {p.model} v{p.model_version}"
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lungcls.demo import run_demo
 
@@ -323,6 +431,32 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-epochs", type=int, help="epochs of the longest trial")
     tune.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
+    evaluate = add("evaluate", cmd_evaluate, "evaluate a model version on a test split with CIs")
+    evaluate.add_argument("--name", help="model name (default: model.name)")
+    evaluate.add_argument(
+        "--model", help="version number, 'champion' or 'challenger' (default: the latest)"
+    )
+    evaluate.add_argument("--dataset", help="dataset (default: the one the model trained on)")
+    evaluate.add_argument("--dataset-version", type=int, help="dataset version (default: same)")
+    evaluate.add_argument("--force", action="store_true", help="recompute an existing report")
+    evaluate.add_argument("--json", action="store_true", help="print the key metrics as JSON")
+
+    promote = add("promote", cmd_promote, "gate a candidate; make it champion if it passes")
+    promote.add_argument("--version", type=int, help="candidate version (default: the latest)")
+    promote.add_argument("--name", help="model name (default: model.name)")
+    promote.add_argument("--json", action="store_true", help="print the decision as JSON")
+    rollback = add("rollback", cmd_rollback, "move the champion back to the version before")
+    rollback.add_argument("--name", help="model name (default: model.name)")
+
+    predict = add("predict", cmd_predict, "score DICOM series with the champion")
+    predict.add_argument("source", nargs="?", help="DICOM file, series folder or archive (or URL)")
+    predict.add_argument("--batch", help="score every archive of inbox/BATCH instead")
+    predict.add_argument("--center", help="nodule centre 'x,y,z' in patient mm")
+    predict.add_argument("--model-version", help="version or alias (default: champion)")
+    predict.add_argument("--saliency", help="folder for Grad-CAM overlays (PNG per series)")
+    predict.add_argument("--out", help="batch output folder under the root")
+    predict.add_argument("--json", action="store_true", help="print predictions as JSON")
+
     add("demo", cmd_demo, "run every stage built so far on a fresh synthetic batch")
     return parser
 
@@ -338,7 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValidationError) as error:
         print(f"lungcls: configuration error: {error}", file=sys.stderr)
         return 2
-    except (ContractError, DatasetError, TrainError, RegistryError) as error:
+    except (
+        ContractError,
+        DatasetError,
+        TrainError,
+        RegistryError,
+        EvaluationError,
+        PredictError,
+    ) as error:
         print(f"lungcls: {error}", file=sys.stderr)
         return 3
     except (StorageError, OSError, BotoCoreError, ClientError) as error:

@@ -146,6 +146,31 @@ class TuneSettings(BaseModel):
     grace_period: int = Field(4, description="Epochs before ASHA may stop a trial.")
 
 
+class EvaluationSettings(BaseModel):
+    target_sensitivity: float = Field(
+        0.95, description="The operating point is chosen on validation to reach this."
+    )
+    bootstrap_rounds: int = Field(1000, description="Patient-level bootstrap rounds for CIs.")
+    bootstrap_seed: int = 0
+    slice_thickness_bands_mm: list[float] = [1.5, 3.0]
+    nodule_diameter_bands_mm: list[float] = Field(
+        [10.0, 20.0], description="Bands for the subgroup table (small nodules on their own)."
+    )
+
+
+class PromotionSettings(BaseModel):
+    """Gates a candidate must pass to become champion (all read from the evaluation)."""
+
+    min_sensitivity: float = Field(0.85, description="Test sensitivity at the operating point.")
+    min_auc_lower_ci: float = Field(0.80, description="Lower 95 % bound of the test ROC AUC.")
+    max_ece: float = Field(0.20, description="Expected calibration error on test.")
+    non_inferiority_margin: float = Field(
+        0.01,
+        description="Promote only if the lower bound of AUC(candidate) - AUC(champion) "
+        "on the same test split exceeds -margin.",
+    )
+
+
 class RaySettings(BaseModel):
     """Where the parallel work of ingest, preprocessing and training runs."""
 
@@ -185,6 +210,8 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     tune: TuneSettings = TuneSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    promotion: PromotionSettings = PromotionSettings()
     ray: RaySettings = RaySettings()
 
     @field_validator("root", "work_dir")

@@ -82,6 +82,56 @@ class IngestSummary:
         return asdict(self)
 
 
+@dataclass
+class DecodedArchive:
+    """The checked CT volumes of one archive and what was refused; raw UIDs still inside."""
+
+    volumes: list[CTVolume]
+    quarantined: list[QuarantineItem]
+    sha256: str
+    bytes_read: int
+
+
+def decode_archive(
+    storage: Storage, ref: ArchiveRef, options: IngestSettings, key: bytes
+) -> DecodedArchive:
+    """Stream an archive's members into checked series (the one way lungcls opens DICOM).
+
+    Raises ArchiveRejected when the whole archive is refused.
+    """
+    source = storage.url(ref.key)
+    reader = ArchiveReader(storage, ref, options.limits)
+    by_series: dict[str, list[CTSlice]] = defaultdict(list)
+    quarantined: list[QuarantineItem] = []
+    for item in reader.members():
+        if isinstance(item, Member):
+            if posixpath.basename(item.name) in IGNORED_MEMBERS:
+                continue
+            decoded = read_slice(item.name, item.data, item.sha256, by_series.keys())
+            if isinstance(decoded, Problem):
+                quarantined.append(
+                    QuarantineItem(
+                        "file", decoded.code, decoded.message, source, item.name, item.sha256
+                    )
+                )
+            else:
+                by_series[decoded.series_uid].append(decoded)
+        else:
+            quarantined.append(QuarantineItem("file", item.code, item.message, source, item.name))
+    volumes = []
+    for series_uid, slices in by_series.items():
+        volume = assemble_series(slices, options.slice_position_tolerance_mm)
+        if isinstance(volume, Problem):
+            message = f"{volume.message} ({len(slices)} files)"
+            series_id = pseudonym(key, "series", series_uid)
+            quarantined.append(
+                QuarantineItem("series", volume.code, message, source, series_id=series_id)
+            )
+        else:
+            volumes.append(volume)
+    return DecodedArchive(volumes, quarantined, reader.sha256, reader.bytes_read)
+
+
 def ingest_archive(
     storage: Storage,
     ref: ArchiveRef,
@@ -91,71 +141,39 @@ def ingest_archive(
     run_id: str,
 ) -> ArchiveOutcome:
     """Ingest one archive: write its good series as one file, quarantine the rest."""
-    source = storage.url(ref.key)
-    reader = ArchiveReader(storage, ref, options.limits)
-    by_series: dict[str, list[CTSlice]] = defaultdict(list)
-    quarantined: list[QuarantineItem] = []
     try:
-        for item in reader.members():
-            if isinstance(item, Member):
-                if posixpath.basename(item.name) in IGNORED_MEMBERS:
-                    continue
-                decoded = read_slice(item.name, item.data, item.sha256, by_series.keys())
-                if isinstance(decoded, Problem):
-                    quarantined.append(
-                        QuarantineItem(
-                            "file", decoded.code, decoded.message, source, item.name, item.sha256
-                        )
-                    )
-                else:
-                    by_series[decoded.series_uid].append(decoded)
-            else:
-                quarantined.append(
-                    QuarantineItem("file", item.code, item.message, source, item.name)
-                )
+        decoded = decode_archive(storage, ref, options, key)
     except ArchiveRejected as rejected:
-        item = QuarantineItem(
-            "archive", rejected.code, rejected.message, source, sha256=reader.sha256 or None
-        )
+        item = QuarantineItem("archive", rejected.code, rejected.message, storage.url(ref.key))
         write_quarantine(storage, run_id, [item])
-        return ArchiveOutcome(
-            ref.key, reader.sha256, reader.bytes_read, "rejected", quarantined=[item]
+        return ArchiveOutcome(ref.key, "", 0, "rejected", quarantined=[item])
+
+    records = [
+        _record(
+            v,
+            pseudonym(key, "series", v.first.series_uid),
+            key,
+            ref,
+            decoded.sha256,
+            labels,
+            run_id,
         )
-
-    records: list[SeriesRecord] = []
-    duplicates = 0
-    for series_uid, slices in by_series.items():
-        series_id = pseudonym(key, "series", series_uid)
-        volume = assemble_series(slices, options.slice_position_tolerance_mm)
-        if isinstance(volume, Problem):
-            quarantined.append(
-                QuarantineItem(
-                    "series",
-                    volume.code,
-                    f"{volume.message} ({len(slices)} files)",
-                    source,
-                    series_id=series_id,
-                )
-            )
-            continue
-        duplicates += volume.duplicates_dropped
-        records.append(_record(volume, series_id, key, ref, reader.sha256, labels, run_id))
-    by_series.clear()
-
+        for v in decoded.volumes
+    ]
     series_file = ""
     if records:
-        series_file = new_series_file(reader.sha256)
+        series_file = new_series_file(decoded.sha256)
         write_series_file(storage, series_file, records)
-    write_quarantine(storage, run_id, quarantined)
+    write_quarantine(storage, run_id, decoded.quarantined)
     return ArchiveOutcome(
         key=ref.key,
-        sha256=reader.sha256,
-        bytes_read=reader.bytes_read,
+        sha256=decoded.sha256,
+        bytes_read=decoded.bytes_read,
         status="ingested",
         series_file=series_file,
         series=[(r.series_id, r.study_id, r.patient_id) for r in records],
-        quarantined=quarantined,
-        duplicate_files=duplicates,
+        quarantined=decoded.quarantined,
+        duplicate_files=sum(v.duplicates_dropped for v in decoded.volumes),
     )
 
 

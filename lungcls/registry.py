@@ -1,15 +1,19 @@
-"""The model registry on the storage root: immutable model versions.
+"""The model registry on the storage root: immutable versions, aliases, decisions.
 
 `models/<name>/v<N>/` holds the weights (`model.pt`, a state dict), a TorchScript copy for
 serving (`model.ts`), and `model.json`: what it is, what it was trained on, how, and how
 well. `model.json` is written last with an exclusive create: it is the commit point, and two
 trainers racing for the same number cannot both win (the loser takes the next number).
+Aliases (`champion`, `challenger`) point at versions and move by exclusive creates; every
+promotion or rollback decision is logged, append-only, under `models/<name>/decisions/`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -81,3 +85,66 @@ def serialise_model(model: torch.nn.Module, tensor_shape: list[int]) -> dict[str
         traced = torch.jit.trace(model, torch.zeros(1, *tensor_shape))
     torch.jit.save(traced, scripted)
     return {"model.pt": weights.getvalue(), "model.ts": scripted.getvalue()}
+
+
+# -- aliases and decisions ----------------------------------------------------------------
+# An alias is a sequence of immutable pointer files `aliases/<alias>/<seq>.json`; the highest
+# number is the current one. Moving it means creating the next number with an exclusive
+# create, so of two concurrent moves from the same state exactly one wins, on any backend.
+
+ALIASES = ("champion", "challenger")
+
+
+@dataclass(frozen=True)
+class AliasState:
+    alias: str
+    sequence: int  # 0: never set
+    version: int | None
+    previous_version: int | None
+
+
+def read_alias(storage: Storage, name: str, alias: str) -> AliasState:
+    """Where `alias` points now, and where it pointed before."""
+    folder = f"models/{name}/aliases/{alias}"
+    pointers = sorted(
+        (int(info.path.rsplit("/", 1)[-1][: -len(".json")]), info.path)
+        for info in storage.list_files(folder)
+        if info.path.endswith(".json") and info.path.rsplit("/", 1)[-1][:-5].isdigit()
+    )
+    if not pointers:
+        return AliasState(alias, 0, None, None)
+    current = json.loads(storage.read_bytes(pointers[-1][1]))
+    return AliasState(alias, pointers[-1][0], current["version"], current.get("previous_version"))
+
+
+def move_alias(
+    storage: Storage, name: str, state: AliasState, version: int, decision_id: str
+) -> bool:
+    """Point `state.alias` at `version` if nobody moved it since `state` was read."""
+    pointer = {
+        "alias": state.alias,
+        "version": version,
+        "previous_version": state.version,
+        "decision": decision_id,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    rel = f"models/{name}/aliases/{state.alias}/{state.sequence + 1:08d}.json"
+    return storage.create(rel, json.dumps(pointer, indent=2).encode())
+
+
+def log_decision(storage: Storage, name: str, decision: dict[str, Any]) -> str:
+    """Append a decision to the model's log (one immutable file per decision)."""
+    stamp = decision["at"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    rel = f"models/{name}/decisions/{stamp}-{decision['id']}.json"
+    storage.create(rel, json.dumps(decision, indent=2, default=str).encode())
+    return rel
+
+
+def read_decisions(storage: Storage, name: str) -> list[dict[str, Any]]:
+    """Every decision ever logged for a model, oldest first."""
+    decisions = [
+        json.loads(storage.read_bytes(info.path))
+        for info in storage.list_files(f"models/{name}/decisions")
+        if info.path.endswith(".json")
+    ]
+    return sorted(decisions, key=lambda d: d["at"])

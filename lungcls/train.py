@@ -321,6 +321,8 @@ def _use_gpu(train: TrainSettings) -> bool:
     import ray
 
     if train.use_gpu == "auto":
+        if not ray.is_initialized():
+            return torch.cuda.is_available()
         return ray.cluster_resources().get("GPU", 0) > 0
     return train.use_gpu == "yes"
 
@@ -344,20 +346,8 @@ def publish_best(
     model = build_model(settings.model, manifest["tensor"]["shape"], settings.train.seed)
     model.load_state_dict(_load_checkpoint(best_checkpoint)["model"])
     history = _load_checkpoint(result.checkpoint)["state"]["history"]  # the latest: every epoch
-    record = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "train_run": run_id,
-        "dataset": {"name": manifest["name"], "version": manifest["version"]},
-        "preprocess": manifest["preprocess"],
-        "tensor_shape": manifest["tensor"]["shape"],
-        "model": settings.model.model_dump(),
-        "train": settings.train.model_dump(),
-        "best": {"epoch": int(best_metrics["epoch"]), "val_auc": best_metrics["val_auc"]},
-        "history": history,
-        "environment": _environment(_use_gpu(settings.train), settings.train.num_workers),
-        "settings": settings.masked(),
-        **(extra or {}),
-    }
+    best = {"epoch": int(best_metrics["epoch"]), "val_auc": best_metrics["val_auc"]}
+    record = {**model_record(settings, manifest, run_id, history, best), **(extra or {})}
     files = serialise_model(model, record["tensor_shape"])
     version = publish_model(storage, settings.model.name, files, record)
     return TrainResult(
@@ -370,6 +360,30 @@ def publish_best(
         seconds=0.0,
         history=history,
     )
+
+
+def model_record(
+    settings: Settings,
+    manifest: dict[str, Any],
+    run_id: str,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+) -> dict[str, Any]:
+    """What `model.json` says of a trained model: data, preprocessing, settings, history."""
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "train_run": run_id,
+        "dataset": {"name": manifest["name"], "version": manifest["version"]},
+        "preprocess": manifest["preprocess"],
+        "tensor_shape": manifest["tensor"]["shape"],
+        "tensor_dtype": manifest["tensor"]["dtype"],
+        "model": settings.model.model_dump(),
+        "train": settings.train.model_dump(),
+        "best": best,
+        "history": history,
+        "environment": _environment(_use_gpu(settings.train), settings.train.num_workers),
+        "settings": settings.masked(),
+    }
 
 
 def train_model(

@@ -1,0 +1,261 @@
+"""Evaluation: a model version measured on a dataset version's test split, with CIs.
+
+    lungcls evaluate [--model NAME] [--version N | champion] [--dataset NAME --dataset-version D]
+
+The operating point is chosen on the validation split (the highest threshold reaching
+`evaluation.target_sensitivity`) and applied unchanged to test; metrics are reported at 0.5
+and at that point, each with a patient-level bootstrap 95 % interval, plus a subgroup table
+(manufacturer, slice-thickness band, nodule-diameter band). Everything lands in
+`models/<name>/v<N>/evaluations/<dataset>-v<D>/`: per-sample scores, PNG plots, report.md,
+a self-contained report.html, and report.json written last (the evaluation's commit point).
+Inputs are immutable, so an existing report is reused unless `force`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from lungcls.config import Settings
+from lungcls.datasets import load_manifest
+from lungcls.metrics import (
+    band,
+    binary_metrics,
+    bootstrap_intervals,
+    operating_point,
+    subgroup_table,
+)
+from lungcls.registry import load_model, load_record, model_dir, read_alias
+from lungcls.report import render_html, render_markdown, render_plots
+from lungcls.shards import iter_samples, tensor_from_row
+from lungcls.storage import Storage
+
+SCHEMA = "lungcls.evaluation/1"
+SCORE_COLUMNS = [
+    "sample_id",
+    "series_id",
+    "patient_id",
+    "split",
+    "label",
+    "score",
+    "manufacturer",
+    "slice_thickness_mm",
+    "nodule_diameter_mm",
+]
+MODEL_CARD = {
+    "intended_use": "Research on lung-nodule malignancy classification from CT patches centred "
+    "on a given nodule location. Not a medical device; not for diagnosis or patient care.",
+    "not_intended_for": "Clinical decisions, screening programmes, finding nodules (the model "
+    "scores a location it is given), populations or scanners unlike the training data.",
+    "limitations": [
+        "Trained and evaluated on the dataset versions named above only; performance on other "
+        "sites, scanners, protocols or populations is unknown.",
+        "Small validation and test splits give wide confidence intervals: read the intervals, "
+        "not only the point estimates.",
+        "The operating point is chosen on validation to reach the target sensitivity; the test "
+        "sensitivity at that point can fall below the target.",
+        "Synthetic data (phantoms) prove the pipeline, not clinical validity.",
+    ],
+    "ethical_considerations": "De-identified inputs (keyed pseudonyms, allow-listed "
+    "attributes). False negatives delay cancer care: the operating point favours sensitivity.",
+}
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation cannot run; the message says why."""
+
+
+@dataclass
+class Evaluation:
+    report: dict[str, Any]
+    folder: str
+    scores: pd.DataFrame
+
+
+def resolve_version(storage: Storage, name: str, ref: str | int | None) -> dict[str, Any]:
+    """A model record by number, alias (`champion`, `challenger`) or `None` (the latest)."""
+    if isinstance(ref, str) and not ref.isdigit():
+        state = read_alias(storage, name, ref)
+        if state.version is None:
+            raise EvaluationError(f"model {name!r} has no {ref} yet: run `lungcls promote`")
+        return load_record(storage, name, state.version)
+    return load_record(storage, name, int(ref) if ref is not None else None)
+
+
+def evaluation_dir(record: dict[str, Any], dataset: str, dataset_version: int) -> str:
+    folder = model_dir(record["name"], record["version"])
+    return f"{folder}/evaluations/{dataset}-v{dataset_version}"
+
+
+def score_split(
+    storage: Storage, model: torch.nn.Module, manifest: dict[str, Any], split: str
+) -> pd.DataFrame:
+    """Scores of one split's samples, in sample-id order."""
+    paths = [s["path"] for s in manifest["shards"] if s["split"] == split]
+    rows: list[dict[str, Any]] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            with torch.no_grad():
+                logits = model(torch.from_numpy(np.stack(batch)))
+            for row, score in zip(rows[-len(batch) :], torch.sigmoid(logits).tolist(), strict=True):
+                row["score"] = float(score)
+            batch.clear()
+
+    for row in iter_samples(storage, paths):
+        batch.append(tensor_from_row(row).astype(np.float32))
+        rows.append({c: row.get(c) for c in SCORE_COLUMNS if c != "score"})
+        if len(batch) == 32:
+            flush()
+    flush()
+    frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    return frame.sort_values("sample_id").reset_index(drop=True)
+
+
+def _metrics_at(test: pd.DataFrame, threshold: float, settings: Settings) -> dict[str, Any]:
+    labels, scores = test["label"].to_numpy(), test["score"].to_numpy()
+    values = binary_metrics(labels, scores, threshold)
+    intervals = bootstrap_intervals(
+        labels,
+        scores,
+        test["patient_id"].to_numpy(),
+        threshold,
+        settings.evaluation.bootstrap_rounds,
+        settings.evaluation.bootstrap_seed,
+    )
+    return {
+        "threshold": threshold,
+        "values": values,
+        "ci95": {k: list(v) for k, v in intervals.items()},
+    }
+
+
+def _split_summary(frame: pd.DataFrame) -> dict[str, int]:
+    return {
+        "samples": len(frame),
+        "positives": int(frame["label"].sum()),
+        "patients": int(frame["patient_id"].nunique()),
+    }
+
+
+def load_scores(storage: Storage, folder: str) -> pd.DataFrame:
+    return pq.read_table(io.BytesIO(storage.read_bytes(f"{folder}/scores.parquet"))).to_pandas()
+
+
+def evaluate_model(
+    settings: Settings,
+    name: str | None = None,
+    version: str | int | None = None,
+    dataset: str | None = None,
+    dataset_version: int | None = None,
+    force: bool = False,
+) -> Evaluation:
+    """Evaluate a model version (default: the latest) on a dataset version's test split."""
+    storage = Storage.from_settings(settings)
+    record = resolve_version(storage, name or settings.model.name, version)
+    dataset = dataset or record["dataset"]["name"]
+    manifest = load_manifest(storage, dataset, dataset_version or record["dataset"]["version"])
+    if manifest["preprocess"]["hash"] != record["preprocess"]["hash"]:
+        raise EvaluationError(
+            f"dataset {dataset} v{manifest['version']} was preprocessed differently "
+            f"({manifest['preprocess']['hash']}) from the model's training data "
+            f"({record['preprocess']['hash']}): scores would be meaningless"
+        )
+    folder = evaluation_dir(record, dataset, manifest["version"])
+    if storage.exists(f"{folder}/report.json") and not force:
+        report = json.loads(storage.read_bytes(f"{folder}/report.json"))
+        return Evaluation(report, folder, load_scores(storage, folder))
+
+    model = load_model(storage, record)
+    val = score_split(storage, model, manifest, "val")
+    test = score_split(storage, model, manifest, "test")
+    for split, frame in (("val", val), ("test", test)):
+        if frame["label"].nunique() < 2:
+            raise EvaluationError(f"the {split} split needs both classes to be evaluated")
+    target = settings.evaluation.target_sensitivity
+    threshold = operating_point(val["label"].to_numpy(), val["score"].to_numpy(), target)
+    on_val = binary_metrics(val["label"].to_numpy(), val["score"].to_numpy(), threshold)
+    op_metrics = _metrics_at(test, threshold, settings)
+    e = settings.evaluation
+    attributes = {
+        "manufacturer": list(test["manufacturer"]),
+        "slice thickness": [
+            band(v, e.slice_thickness_bands_mm, "mm") for v in test["slice_thickness_mm"]
+        ],
+        "nodule diameter": [
+            band(v, e.nodule_diameter_bands_mm, "mm") if v == v else None
+            for v in test["nodule_diameter_mm"]
+        ],
+    }
+    report = {
+        "schema": SCHEMA,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {
+            "name": record["name"],
+            "version": record["version"],
+            "train_run": record["train_run"],
+            "trained_on": record["dataset"],
+        },
+        "dataset": {"name": dataset, "version": manifest["version"]},
+        "splits": {"val": _split_summary(val), "test": _split_summary(test)},
+        "operating_point": {
+            "target_sensitivity": target,
+            "threshold": threshold,
+            "chosen_on": "val",
+            "val_sensitivity": on_val["sensitivity"],
+            "val_specificity": on_val["specificity"],
+        },
+        "metrics": {"at_0.5": _metrics_at(test, 0.5, settings), "at_operating_point": op_metrics},
+        "subgroups": subgroup_table(
+            test["label"].to_numpy(), test["score"].to_numpy(), threshold, attributes
+        ),
+        "bootstrap": {
+            "rounds": e.bootstrap_rounds,
+            "seed": e.bootstrap_seed,
+            "unit": "patient",
+            "level": 0.95,
+        },
+        "contracts": manifest["contracts"],
+        "model_card": {
+            **MODEL_CARD,
+            "data": f"Trained on {record['dataset']['name']} "
+            f"v{record['dataset']['version']}; evaluated on {dataset} "
+            f"v{manifest['version']} (test split, patient-level).",
+        },
+    }
+    plots = render_plots(
+        test["label"].to_numpy(),
+        test["score"].to_numpy(),
+        test["patient_id"].to_numpy(),
+        threshold,
+        e.bootstrap_rounds,
+        e.bootstrap_seed,
+    )
+    report["plots"] = sorted(plots)
+    for file_name, data in plots.items():
+        storage.write_atomic(f"{folder}/{file_name}", data)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(pd.concat([val, test]), preserve_index=False), buffer)
+    storage.write_atomic(f"{folder}/scores.parquet", buffer.getvalue())
+    storage.write_atomic(f"{folder}/report.md", render_markdown(report).encode())
+    storage.write_atomic(f"{folder}/report.html", render_html(report, plots).encode())
+    storage.write_atomic(
+        f"{folder}/report.json", json.dumps(report, indent=2, default=_json).encode()
+    )
+    return Evaluation(report, folder, pd.concat([val, test], ignore_index=True))
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
