@@ -17,7 +17,7 @@ from lungcls.train import train_model
 
 DEMO_BATCH = "demo-001"
 # Enough patients that the val and test splits hold both classes (a contract checks it).
-DEMO_OPTIONS = SynthOptions(scans=80, seed=0)
+DEMO_OPTIONS = SynthOptions(scans=160, seed=0)
 
 
 def run_demo(settings: Settings, options: SynthOptions = DEMO_OPTIONS) -> int:
