@@ -122,6 +122,34 @@ def score_split(
     return frame.sort_values("sample_id").reset_index(drop=True)
 
 
+def fit_calibration(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Platt scaling on validation: p = sigmoid(slope * logit(score) + intercept).
+
+    Class weights and early stopping leave the network's probabilities squeezed toward the
+    middle; a monotone recalibration fixes the calibration without changing the ranking
+    (AUC) and is fitted on validation only, like the operating point.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    fitted = LogisticRegression(C=1.0).fit(_logit(scores).reshape(-1, 1), labels)
+    return {
+        "method": "platt",
+        "fitted_on": "val",
+        "slope": float(fitted.coef_[0, 0]),
+        "intercept": float(fitted.intercept_[0]),
+    }
+
+
+def calibrate(scores: np.ndarray, calibration: dict[str, float]) -> np.ndarray:
+    z = calibration["slope"] * _logit(scores) + calibration["intercept"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def _metrics_at(test: pd.DataFrame, threshold: float, settings: Settings) -> dict[str, Any]:
     labels, scores = test["label"].to_numpy(), test["score"].to_numpy()
     values = binary_metrics(labels, scores, threshold)
@@ -182,6 +210,10 @@ def evaluate_model(
     for split, frame in (("val", val), ("test", test)):
         if frame["label"].nunique() < 2:
             raise EvaluationError(f"the {split} split needs both classes to be evaluated")
+    calibration = fit_calibration(val["label"].to_numpy(), val["score"].to_numpy())
+    for frame in (val, test):
+        frame["raw_score"] = frame["score"]
+        frame["score"] = calibrate(frame["raw_score"].to_numpy(), calibration)
     target = settings.evaluation.target_sensitivity
     threshold = operating_point(val["label"].to_numpy(), val["score"].to_numpy(), target)
     on_val = binary_metrics(val["label"].to_numpy(), val["score"].to_numpy(), threshold)
@@ -208,6 +240,7 @@ def evaluate_model(
         },
         "dataset": {"name": dataset, "version": manifest["version"]},
         "splits": {"val": _split_summary(val), "test": _split_summary(test)},
+        "calibration": calibration,
         "operating_point": {
             "target_sensitivity": target,
             "threshold": threshold,

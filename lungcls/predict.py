@@ -14,6 +14,7 @@ centre when you have one). The decision uses the operating point of the model's 
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from lungcls.config import PreprocessSettings, Settings
 from lungcls.dicom.archive import ArchiveRef, archive_kind, discover_archives
 from lungcls.dicom.deid import pseudonym, pseudonym_key
 from lungcls.dicom.series import CTVolume
-from lungcls.evaluate import evaluation_dir, resolve_version
+from lungcls.evaluate import calibrate, evaluation_dir, resolve_version
 from lungcls.ingest import decode_archive
 from lungcls.labels import BatchLabels, parse_labels
 from lungcls.preprocess import preprocess_series
@@ -63,19 +64,19 @@ class Scorer:
     dtype: str
     threshold: float
     threshold_source: str
+    calibration: dict[str, float] | None
 
     @classmethod
     def load(cls, settings: Settings, version: str | int | None) -> Scorer:
         storage = Storage.from_settings(settings)
         record = resolve_version(storage, settings.model.name, version or "champion")
         folder = evaluation_dir(record, record["dataset"]["name"], record["dataset"]["version"])
-        threshold, source = 0.5, "0.5 (no evaluation found)"
+        threshold, source, calibration = 0.5, "0.5 (no evaluation found)", None
         if storage.exists(f"{folder}/report.json"):
-            import json
-
             report = json.loads(storage.read_bytes(f"{folder}/report.json"))
             threshold = report["operating_point"]["threshold"]
             source = "operating point (val)"
+            calibration = report.get("calibration")
         return cls(
             load_model(storage, record),
             record,
@@ -83,6 +84,7 @@ class Scorer:
             record.get("tensor_dtype", "float16"),
             threshold,
             source,
+            calibration,
         )
 
     def tensor(self, volume: CTVolume, centre_xyz_mm: tuple[float, float, float] | None):
@@ -98,8 +100,12 @@ class Scorer:
         return tensor.astype(self.dtype).astype(np.float32)
 
     def score(self, tensors: list[np.ndarray]) -> list[float]:
+        """Probabilities, calibrated as in the model's evaluation when there is one."""
         with torch.no_grad():
-            return torch.sigmoid(self.model(torch.from_numpy(np.stack(tensors)))).tolist()
+            raw = torch.sigmoid(self.model(torch.from_numpy(np.stack(tensors)))).numpy()
+        if self.calibration is not None:
+            raw = calibrate(raw, self.calibration)
+        return [float(p) for p in raw]
 
 
 def _ref_for(storage: Storage, rel: str) -> ArchiveRef:
