@@ -53,12 +53,25 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory, s3_server: str):
     ray.shutdown()
 
 
-def _prepared(root: str | Path, tmp_path: Path, **extra: object) -> Settings:
-    settings = make_settings(root, tmp_path, **{**TINY, **extra})
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ingested dataset version for the module's local tests (each trains its own
+    model name, so versions start at 1 in every test)."""
+    tmp = tmp_path_factory.mktemp("train")
+    settings = make_settings(tmp / "root", tmp, **TINY)
     synth_batch(Storage.from_settings(settings), "b1", SCANS)
     ingest(settings, progress=False)
     assert build_dataset(settings, progress=False).created
-    return settings
+    return tmp
+
+
+_counter = iter(range(1000))
+
+
+def _prepared(shared: Path, **extra: object) -> Settings:
+    """Settings on the shared root, with a fresh model name and the given overrides."""
+    model = {**TINY["model"], "name": f"cnn-{next(_counter)}"}
+    return make_settings(shared / "root", shared, **{**TINY, "model": model, **extra})
 
 
 def _weights(settings: Settings, version: int | None = None) -> dict[str, torch.Tensor]:
@@ -66,8 +79,8 @@ def _weights(settings: Settings, version: int | None = None) -> dict[str, torch.
     return load_model(storage, load_record(storage, settings.model.name, version)).state_dict()
 
 
-def test_two_workers_learn_far_above_chance(tmp_path: Path, ray_local: None) -> None:
-    settings = _prepared(tmp_path / "root", tmp_path)
+def test_two_workers_learn_far_above_chance(shared_root: Path, ray_local: None) -> None:
+    settings = _prepared(shared_root)
     started = time.monotonic()
     result = train_model(settings)
     assert time.monotonic() - started < 120
@@ -77,17 +90,18 @@ def test_two_workers_learn_far_above_chance(tmp_path: Path, ray_local: None) -> 
     record = load_record(storage, settings.model.name)
     assert record["dataset"] == {"name": "lung-nodules", "version": 1}
     assert record["version"] == result.model_version == 1
-    assert storage.exists("models/lung-nodule-cnn/v1/model.ts")
-    scripted = torch.jit.load(str(Path(settings.root) / "models/lung-nodule-cnn/v1/model.ts"))
+    model_ts = f"models/{settings.model.name}/v1/model.ts"
+    assert storage.exists(model_ts)
+    scripted = torch.jit.load(str(Path(settings.root) / model_ts))
     x = torch.rand(2, 1, 16, 16, 16)
     model = load_model(storage, record)
     assert torch.allclose(scripted(x), model(x), atol=1e-5)
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_local: None) -> None:
+def test_killed_worker_resumes_from_the_last_checkpoint(shared_root: Path, ray_local: None) -> None:
     import json
 
-    settings = _prepared(tmp_path / "root", tmp_path, train={**TINY["train"], "epochs": 8})
+    settings = _prepared(shared_root, train={**TINY["train"], "epochs": 5})
     storage = Storage.from_settings(settings)
     outcome: dict[str, object] = {}
     thread = threading.Thread(target=lambda: outcome.update(result=train_model(settings)))
@@ -95,8 +109,14 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_loca
     killed = None
     deadline = time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and thread.is_alive():
-        histories = [f for f in storage.list_files("runs") if f.path.endswith("history.json")]
-        history = json.loads(storage.read_bytes(histories[0].path)) if histories else []
+        runs = [
+            json.loads(storage.read_bytes(f.path))
+            for f in storage.list_files("runs")
+            if f.path.endswith("train.json")
+        ]
+        mine = [r["run_id"] for r in runs if r["model"]["name"] == settings.model.name]
+        path = f"runs/{mine[0]}/history.json" if mine else ""
+        history = json.loads(storage.read_bytes(path)) if path and storage.exists(path) else []
         if len(history) >= 2:  # epochs done and checkpointed: kill a process that ran them
             killed = history[-1]["worker_pids"][-1]
             os.kill(killed, signal.SIGKILL)
@@ -104,16 +124,18 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_loca
     thread.join(timeout=300)
     assert killed is not None, "training ended before a worker could be killed"
     history = outcome["result"].history  # type: ignore[attr-defined]
-    assert [h["epoch"] for h in history] == list(range(8))  # each epoch once: resumed
+    assert [h["epoch"] for h in history] == list(range(5))  # each epoch once: resumed
     assert history[0]["resumes"] == 0 and history[-1]["resumes"] >= 1
     assert killed in history[0]["worker_pids"] and killed not in history[-1]["worker_pids"]
     weights = _weights(settings)  # the final model loads
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_same_seed_on_one_worker_gives_identical_weights(tmp_path: Path, ray_local: None) -> None:
-    one = {**TINY["train"], "num_workers": 1, "epochs": 3, "cpus_per_worker": 1}
-    settings = _prepared(tmp_path / "root", tmp_path, train=one)
+def test_same_seed_on_one_worker_gives_identical_weights(
+    shared_root: Path, ray_local: None
+) -> None:
+    one = {**TINY["train"], "num_workers": 1, "epochs": 2, "cpus_per_worker": 1}
+    settings = _prepared(shared_root, train=one)
     train_model(settings)
     train_model(settings)
     first, second = _weights(settings, 1), _weights(settings, 2)
@@ -144,12 +166,10 @@ def test_training_on_s3_puts_checkpoints_in_the_bucket(
     assert np.isfinite(result.best_val_auc)
 
 
-def test_tune_publishes_the_best_trial(tmp_path: Path, ray_local: None) -> None:
+def test_tune_publishes_the_best_trial(shared_root: Path, ray_local: None) -> None:
     from lungcls.tune import tune_model
 
-    settings = _prepared(
-        tmp_path / "root", tmp_path, tune={"trials": 2, "max_epochs": 2, "grace_period": 1}
-    )
+    settings = _prepared(shared_root, tune={"trials": 2, "max_epochs": 2, "grace_period": 1})
     result = tune_model(settings)
     record = load_record(Storage.from_settings(settings), settings.model.name)
     assert record["version"] == result.model_version == 1
