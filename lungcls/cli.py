@@ -30,13 +30,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from lungcls.config import ConfigError, Settings, load_settings
-from lungcls.contracts import ContractError
-from lungcls.datasets import DatasetError
-from lungcls.evaluate import EvaluationError
-from lungcls.predict import PredictError
-from lungcls.registry import RegistryError
+from lungcls.errors import LungclsError
 from lungcls.storage import StorageError
-from lungcls.train import TrainError
 
 log = logging.getLogger("lungcls")
 
@@ -472,14 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValidationError) as error:
         print(f"lungcls: configuration error: {error}", file=sys.stderr)
         return 2
-    except (
-        ContractError,
-        DatasetError,
-        TrainError,
-        RegistryError,
-        EvaluationError,
-        PredictError,
-    ) as error:
+    except LungclsError as error:
         print(f"lungcls: {error}", file=sys.stderr)
         return 3
     except (StorageError, OSError, BotoCoreError, ClientError) as error:

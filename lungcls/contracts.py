@@ -25,12 +25,13 @@ from typing import Any
 
 import pandas as pd
 
+from lungcls.errors import LungclsError
 from lungcls.storage import Storage
 
 CONTRACTS_DIR = Path(__file__).resolve().parents[1] / "data_contracts"
 
 
-class ContractError(RuntimeError):
+class ContractError(LungclsError):
     """A contract cannot be applied, or the data as a whole breaks it: the build stops."""
 
 

@@ -30,6 +30,7 @@ from lungcls.compute import map_unordered
 from lungcls.config import PreprocessSettings, Settings
 from lungcls.contracts import Contract, ContractResult, load_contract, validate
 from lungcls.dicom.deid import pseudonym_key
+from lungcls.errors import LungclsError
 from lungcls.ledger import Ledger
 from lungcls.preprocess import config_hash, preprocess_series, tensor_shape
 from lungcls.quarantine import QuarantineItem, write_quarantine
@@ -43,7 +44,7 @@ from lungcls.versions import committed_versions, read_marker
 MANIFEST_SCHEMA = "lungcls.dataset/1"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(LungclsError):
     """A dataset version cannot be built or read; the message says why."""
 
 

@@ -27,6 +27,7 @@ import torch
 
 from lungcls.config import Settings
 from lungcls.datasets import load_manifest
+from lungcls.errors import LungclsError
 from lungcls.metrics import (
     band,
     binary_metrics,
@@ -70,7 +71,7 @@ MODEL_CARD = {
 }
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(LungclsError):
     """An evaluation cannot run; the message says why."""
 
 

@@ -27,6 +27,7 @@ from lungcls.config import PreprocessSettings, Settings
 from lungcls.dicom.archive import ArchiveRef, archive_kind, discover_archives
 from lungcls.dicom.deid import pseudonym, pseudonym_key
 from lungcls.dicom.series import CTVolume
+from lungcls.errors import LungclsError
 from lungcls.evaluate import calibrate, evaluation_dir, resolve_version
 from lungcls.ingest import decode_archive
 from lungcls.labels import BatchLabels, parse_labels
@@ -37,7 +38,7 @@ from lungcls.storage import Storage
 log = logging.getLogger(__name__)
 
 
-class PredictError(RuntimeError):
+class PredictError(LungclsError):
     """A prediction cannot be made; the message says why."""
 
 

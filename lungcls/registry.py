@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lungcls.config import ModelSettings
+from lungcls.errors import LungclsError
 from lungcls.models import build_model
 from lungcls.storage import Storage
 from lungcls.versions import committed_versions, read_marker
@@ -27,7 +28,7 @@ MODEL_SCHEMA = "lungcls.model/1"
 RECORD = "model.json"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(LungclsError):
     """A model version does not exist or cannot be written."""
 
 

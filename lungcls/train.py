@@ -36,6 +36,7 @@ from lungcls.augment import augment
 from lungcls.compute import ensure_ray
 from lungcls.config import ModelSettings, Settings, TrainSettings
 from lungcls.datasets import load_manifest
+from lungcls.errors import LungclsError
 from lungcls.models import build_model
 from lungcls.registry import publish_model, serialise_model
 from lungcls.runs import new_run_id
@@ -47,7 +48,7 @@ TRAIN_RUNS = "runs"
 CHECKPOINT_FILE = "state.pt"
 
 
-class TrainError(RuntimeError):
+class TrainError(LungclsError):
     """Training cannot start or did not produce a model; the message says why."""
 
 

@@ -151,12 +151,14 @@ def test_two_concurrent_promotions_have_one_winner(trained: Settings, tmp_path: 
     storage = Storage.from_settings(trained)
     name = trained.model.name
     candidates = [train_in_process(trained, steps=100, seed=s) for s in (2, 3)]
-    for version in candidates:  # evaluate first, so that the race is on the alias alone
-        evaluate_model(trained, version=version)
     before = read_alias(storage, name, "champion")
     logged = len(read_decisions(storage, name))
+    # Each process reads the champion, then evaluates its candidate (seconds of bootstrap),
+    # then moves the alias: started together, both read the same champion.
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**trained.masked(), "pseudonym_key": TEST_KEY}))
+    racing = {**trained.masked(), "pseudonym_key": TEST_KEY}
+    racing["evaluation"] = {**racing["evaluation"], "bootstrap_rounds": 3000}
+    config.write_text(yaml.safe_dump(racing))
     processes = [
         subprocess.Popen(
             [
@@ -177,6 +179,7 @@ def test_two_concurrent_promotions_have_one_winner(trained: Settings, tmp_path: 
         for v in candidates
     ]
     decisions = [json.loads(p.communicate(timeout=300)[0]) for p in processes]
+    assert [d["champion_before"] for d in decisions] == [before.version] * 2, "no overlap"
     outcomes = sorted(d["outcome"] for d in decisions)
     assert outcomes == ["lost_race", "promoted"], decisions
     winner = next(d for d in decisions if d["outcome"] == "promoted")["candidate_version"]

@@ -152,7 +152,9 @@ def test_same_series_store_on_s3(s3_settings: Settings, settings: Settings) -> N
 def test_kill_9_mid_ingest_then_rerun_stores_each_series_once(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "root", tmp_path)
     storage = Storage.from_settings(settings)
-    options = SynthOptions(scans=40, slices=24, rows=96, columns=96, seed=11)
+    # Long enough (~27 archives of full-size phantoms) that the first ledger save, after one
+    # second, comes well before the end.
+    options = SynthOptions(scans=40, seed=11)
     scans = synth_batch(storage, "big", options)
     env = {**os.environ, "LUNGCLS_PSEUDONYM_KEY": TEST_KEY}
     command = [
