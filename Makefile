@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/predict.py
 
 clean:
 	rm -rf lungcls-data $(WORK)

@@ -158,13 +158,13 @@ def test_sample_nodule_label_statistics() -> None:
     rng = np.random.default_rng(5)
     malignant = [sample_nodule(rng, VOLUME, True) for _ in range(150)]
     benign = [sample_nodule(rng, VOLUME, False) for _ in range(150)]
-    assert all(8.0 <= n.diameter_mm <= 30.0 and n.malignant for n in malignant)
-    assert all(4.0 <= n.diameter_mm <= 14.0 and not n.malignant for n in benign)
+    assert all(9.0 <= n.diameter_mm <= 30.0 and n.malignant for n in malignant)
+    assert all(4.0 <= n.diameter_mm <= 12.0 and not n.malignant for n in benign)
     assert not any(n.calcified or n.margin == "smooth" for n in malignant)
     assert any(not n.solid for n in malignant) and all(n.solid for n in benign)
     assert any(n.calcified for n in benign) and any(not n.calcified for n in benign)
     assert sum(n.margin == "smooth" for n in benign) > 100
-    overlap = [n for n in malignant + benign if 8.0 <= n.diameter_mm <= 14.0]
+    overlap = [n for n in malignant + benign if 9.0 <= n.diameter_mm <= 12.0]
     assert 0 < sum(n.malignant for n in overlap) < len(overlap)
 
 
