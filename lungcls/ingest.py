@@ -234,7 +234,7 @@ def ingest(
     summary.archives_skipped = len(archives) - len(todo)
 
     batches = sorted({a.batch for a in todo})
-    labels = _load_labels(storage, settings, key, label_files, batches, summary, run_id)
+    labels = _load_labels(storage, key, label_files, batches, summary, run_id)
     jobs = [(storage, a, settings.ingest, key, labels.get(a.batch), run_id) for a in todo]
     refs = {a.key: a for a in todo}
     last_save = time.monotonic()
@@ -338,7 +338,6 @@ def _commit(
 
 def _load_labels(
     storage: Storage,
-    settings: Settings,
     key: bytes,
     label_files: list[ObjectInfo],
     batches: list[str],

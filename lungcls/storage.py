@@ -119,16 +119,13 @@ class Storage:
     def info(self, rel: str) -> ObjectInfo:
         return self._object_info(self.fs.info(self.path(rel)))
 
-    def list_files(self, rel: str, recursive: bool = True) -> list[ObjectInfo]:
-        """Files under `rel` (sorted). Only for discovering inputs: readers trust manifests."""
+    def list_files(self, rel: str) -> list[ObjectInfo]:
+        """Files under `rel`, recursively, sorted. Only for discovering inputs and numbered
+        commit files: readers of data trust manifests and the ledger."""
         base = self.path(rel)
         if not self.fs.exists(base):
             return []
-        if recursive:
-            found = self.fs.find(base, detail=True)
-            entries = list(found.values())
-        else:
-            entries = [e for e in self.fs.ls(base, detail=True) if e["type"] == "file"]
+        entries = self.fs.find(base, detail=True).values()
         infos = [self._object_info(e) for e in entries if e.get("type") != "directory"]
         return sorted(infos, key=lambda i: i.path)
 
