@@ -66,6 +66,7 @@ class Scorer:
     threshold: float
     threshold_source: str
     calibration: dict[str, float] | None
+    key: bytes  # the pseudonymisation key: outputs name series as the store does
 
     @classmethod
     def load(cls, settings: Settings, version: str | int | None) -> Scorer:
@@ -86,6 +87,7 @@ class Scorer:
             threshold,
             source,
             calibration,
+            pseudonym_key(settings, storage),
         )
 
     def tensor(self, volume: CTVolume, centre_xyz_mm: tuple[float, float, float] | None):
@@ -107,6 +109,13 @@ class Scorer:
         if self.calibration is not None:
             raw = calibrate(raw, self.calibration)
         return [float(p) for p in raw]
+
+
+def _labels_in(storage: Storage, key: bytes) -> BatchLabels:
+    """The labels.csv at the root of `storage`, or none."""
+    if not storage.exists("labels.csv"):
+        return BatchLabels([], [])
+    return parse_labels(storage.read_text("labels.csv"), key)
 
 
 def _ref_for(storage: Storage, rel: str) -> ArchiveRef:
@@ -145,19 +154,19 @@ def predict_source(
     version: str | int | None = None,
     scorer: Scorer | None = None,
     saliency_dir: str | None = None,
+    labels: BatchLabels | None = None,
 ) -> list[Prediction]:
     """Score every series in one DICOM file, series folder or archive.
 
     With `saliency_dir`, a Grad-CAM overlay per series is written there as
-    `<series pseudonym>.png`.
+    `<series pseudonym>.png`. `labels` defaults to a `labels.csv` beside the input.
     """
     scorer = scorer or Scorer.load(settings, version)
     parent, name = posixpath.split(source.rstrip("/"))
     storage = Storage(parent or ".", settings.s3_endpoint_url)
-    key = pseudonym_key(settings, Storage.from_settings(settings))
-    labels = BatchLabels([], [])
-    if storage.exists("labels.csv"):
-        labels = parse_labels(storage.read_text("labels.csv"), key)
+    key = scorer.key
+    if labels is None:
+        labels = _labels_in(storage, key)
     decoded = decode_archive(storage, _ref_for(storage, name), settings.ingest, key)
     for item in decoded.quarantined:
         log.warning("%s: %s: %s", item.member or item.series_id or source, item.code, item.message)
@@ -215,10 +224,14 @@ def predict_batch(
     archives = [a for a in archives if a.batch == batch]
     if not archives:
         raise PredictError(f"no archives in {storage.url(f'{settings.ingest.inbox}/{batch}')}")
+    batch_dir = Storage(storage.url(f"{settings.ingest.inbox}/{batch}"), settings.s3_endpoint_url)
+    labels = _labels_in(batch_dir, scorer.key)  # read once, not once per archive
     predictions = []
     for ref in archives:
         try:
-            predictions += predict_source(settings, storage.url(ref.key), scorer=scorer)
+            predictions += predict_source(
+                settings, storage.url(ref.key), scorer=scorer, labels=labels
+            )
         except PredictError as error:
             log.warning("%s", error)
     out = out or f"predictions/{new_run_id('predict')}"

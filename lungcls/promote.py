@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lungcls.config import Settings
-from lungcls.evaluate import evaluate_model
+from lungcls.evaluate import Evaluation, evaluate_model
 from lungcls.metrics import paired_auc_difference
 from lungcls.registry import load_record, log_decision, move_alias, read_alias
 from lungcls.storage import Storage
@@ -98,9 +98,8 @@ def _absolute_gates(report: dict[str, Any], settings: Settings) -> list[Gate]:
     ]
 
 
-def _non_inferiority(
-    settings: Settings, candidate: Any, champion_version: int, report: dict[str, Any]
-) -> Gate:
+def _non_inferiority(settings: Settings, candidate: Evaluation, champion_version: int) -> Gate:
+    report = candidate.report
     name, dataset = report["model"]["name"], report["dataset"]
     champion = evaluate_model(settings, name, champion_version, dataset["name"], dataset["version"])
     test_new = candidate.scores[candidate.scores["split"] == "test"].sort_values("sample_id")
@@ -138,9 +137,7 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
     decision.evaluation = evaluation.folder
     decision.gates = _absolute_gates(evaluation.report, settings)
     if state.version is not None and state.version != record["version"]:
-        decision.gates.append(
-            _non_inferiority(settings, evaluation, state.version, evaluation.report)
-        )
+        decision.gates.append(_non_inferiority(settings, evaluation, state.version))
     if decision.failed_gates:
         decision.outcome = "rejected"
     elif state.version == record["version"]:
