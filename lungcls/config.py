@@ -92,6 +92,11 @@ class PreprocessSettings(BaseModel):
     windows: list[tuple[float, float]] = Field(
         [(-600.0, 1500.0)], description="(centre, width) HU windows, one channel each."
     )
+    crop_center: Literal["nodule", "image"] = Field(
+        "nodule",
+        description="Where the patch is centred: the labelled nodule, else the largest lung; "
+        "or the centre of the image (whole slices with image-level labels).",
+    )
 
 
 class DatasetSettings(BaseModel):
