@@ -108,7 +108,10 @@ class DatasetSettings(BaseModel):
     compression: Literal["zstd", "none"] = Field("zstd", description="Shard compression.")
     tensor_dtype: Literal["float16", "float32"] = "float16"
     require_both_classes: bool = Field(
-        True, description="Fail a build whose train/val/test split lacks a class."
+        True, description="Fail a build in which a split that holds samples lacks a class."
+    )
+    batches: list[str] | None = Field(
+        None, description="Build only from series of these inbox batches; None: every batch."
     )
 
 
