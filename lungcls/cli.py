@@ -2,6 +2,7 @@
 
     lungcls config                      print the resolved settings (secrets masked)
     lungcls synth --batch demo-001      write a synthetic batch of CT archives into the inbox
+    lungcls import-images SRC --batch B --positive CLASS   image folders -> a DICOM batch
     lungcls ingest [--batch B] [--json] ingest new archives into the series store
     lungcls dataset build|list|show     versioned, validated, patient-split datasets
     lungcls train [--resume]            train a CNN with Ray Train; publish a candidate model
@@ -77,6 +78,52 @@ def cmd_synth(args: argparse.Namespace) -> int:
         f"wrote {len(scans)} synthetic scans ({positives} positive) in {len(archives)} archives "
         f"to {storage.url(f'{settings.ingest.inbox}/{args.batch}')}"
     )
+    return 0
+
+
+def _pair(text: str, separator: str, option: str) -> tuple[float, float]:
+    try:
+        first, second = (float(v) for v in text.split(separator))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected two numbers as A{separator}B") from None
+    return first, second
+
+
+def cmd_import_images(args: argparse.Namespace) -> int:
+    from lungcls.images import ImportOptions, import_images
+    from lungcls.storage import Storage
+
+    settings = _settings(args)
+    options = ImportOptions(
+        positive=tuple(c.strip() for c in args.positive.split(",") if c.strip()),
+        group_size=args.group_size,
+        window=_pair(args.window, ",", "--window"),
+        fov_mm=args.fov_mm,
+        slice_thickness_mm=args.slice_thickness_mm,
+        test_range=_pair(args.test_range, ":", "--test-range") if args.test_range else None,
+        val_fraction=args.val_fraction,
+    )
+    storage = Storage(args.out or settings.root, settings.s3_endpoint_url)
+    result = import_images(
+        args.source, storage, args.batch, options, settings.ingest.inbox, settings.s3_endpoint_url
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(
+        f"{result.run_id}: {result.images} images as {result.patients} pseudonymous patients "
+        f"in {result.archives} archives, {len(result.quarantined)} refused; batch at "
+        f"{result.batch_url}; report {storage.url(result.report)}"
+    )
+    for name, entry in result.classes.items():
+        print(
+            f"  class {name:<12} label {entry['label']}  {entry['images']:>5} images  "
+            f"{entry['patients']:>4} patients"
+        )
+    if result.splits:
+        _print_counts(result.splits)
+    for item in result.quarantined:
+        print(f"  refused {item['member']}: {item['code']}: {item['message']}")
     return 0
 
 
@@ -383,6 +430,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of series left out of labels.csv",
     )
     synth.add_argument("--seed", type=int, default=0, help="same seed, byte-identical archives")
+
+    images = add(
+        "import-images",
+        cmd_import_images,
+        "turn class folders of JPEG/PNG CT slices into an inbox batch of DICOM archives",
+    )
+    images.add_argument("source", help="folder (or URL) holding one sub-folder per class")
+    images.add_argument("--batch", required=True, help="batch folder name under inbox/")
+    images.add_argument(
+        "--positive", required=True, help="class folder(s) that are label 1, comma-separated"
+    )
+    images.add_argument("--out", help="storage root to write to (default: the settings' root)")
+    images.add_argument(
+        "--group-size",
+        type=int,
+        default=10,
+        help="consecutive case numbers taken as one pseudonymous patient (default 10)",
+    )
+    images.add_argument(
+        "--window",
+        default="-600,1500",
+        help="'centre,width' in HU that grey 0..255 is mapped onto (default -600,1500)",
+    )
+    images.add_argument(
+        "--fov-mm", type=float, default=360.0, help="field of view of an image's longer side"
+    )
+    images.add_argument(
+        "--slice-thickness-mm", type=float, default=1.0, help="nominal slice thickness"
+    )
+    images.add_argument(
+        "--test-range",
+        help="'A:B': groups from share A to B of each class (case-number order) go to test, "
+        "e.g. 0.8:1; default: no assigned split (keyed hash)",
+    )
+    images.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of groups assigned to val, spread evenly over the rest of the range",
+    )
+    images.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
     ingest = add("ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
     ingest.add_argument("--batch", help="only this batch folder (default: every batch)")
