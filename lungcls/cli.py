@@ -151,9 +151,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from lungcls.datasets import build_dataset
 
-    result = build_dataset(
-        _settings(args), name=args.name, progress=None if not args.json else False
-    )
+    settings = _settings(args)
+    if args.batch:
+        settings.dataset.batches = args.batch
+    result = build_dataset(settings, name=args.name, progress=None if not args.json else False)
     if args.json:
         print(json.dumps(vars(result), indent=2))
         return 0
@@ -299,10 +300,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(key, indent=2))
         return 0
     model, op = report["model"], report["operating_point"]
+    scope = "test" if "external" not in report else "every sample the model did not see"
     print(
         f"model {model['name']} v{model['version']} on {report['dataset']['name']} "
-        f"v{report['dataset']['version']} test; operating point {op['threshold']:.3f} "
-        f"(val sensitivity {op['val_sensitivity']:.2f}, target {op['target_sensitivity']:.2f})"
+        f"v{report['dataset']['version']} {scope}; operating point {op['threshold']:.3f} "
+        f"chosen on {op['chosen_on']} (val sensitivity {op['val_sensitivity']:.2f}, target "
+        f"{op['target_sensitivity']:.2f})"
     )
     for name, entry in key["test"].items():
         low, high = entry["ci95"] or (float("nan"), float("nan"))
@@ -487,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=cmd_dataset_build)
     build.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    build.add_argument(
+        "--batch",
+        action="append",
+        help="only series of this inbox batch (repeatable; default: dataset.batches, or all)",
+    )
     build.add_argument("--json", action="store_true", help="print a machine-readable summary")
     listing = dataset_commands.add_parser("list", help="list versions with counts and contracts")
     listing.set_defaults(handler=cmd_dataset_list)

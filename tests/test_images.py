@@ -10,18 +10,21 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from PIL import Image
 
 from lungcls.cli import main
 from lungcls.config import Settings
 from lungcls.datasets import build_dataset, load_manifest
+from lungcls.evaluate import evaluate_model
 from lungcls.images import ImageImportError, ImportOptions, case_number, import_images
 from lungcls.ingest import ingest
 from lungcls.ledger import Ledger
+from lungcls.promote import promote
 from lungcls.series_store import iter_series, volume_from_row
 from lungcls.shards import iter_samples, tensor_from_row
 from lungcls.storage import Storage
-from tests.support import make_settings
+from tests.support import TEST_KEY, make_settings, train_in_process
 
 ROWS, COLUMNS = 40, 48  # not square: spacing follows the longer side
 FOV_MM = 96.0  # 2 mm pixels: inside the contract's pixel-spacing range
@@ -182,3 +185,49 @@ def test_cli_import_images(tmp_path: Path, settings: Settings, capsys) -> None:
     assert printed["splits"]["test"] == {"0": 5, "1": 4} and printed["patients"] == 5
     assert main([*into, "--batch", "c", "--positive", "pos", "--window", "x"]) == 2
     assert "--window 'x'" in capsys.readouterr().err
+
+
+def test_champion_scores_another_imported_batch(tmp_path: Path, capsys) -> None:
+    """Train on one imported batch; `lungcls evaluate --model champion --dataset X` scores a
+    second batch imported the same way, with the operating point chosen on the first."""
+    write_folder(tmp_path / "src", {"pos": 12, "neg": 12})
+    write_folder(tmp_path / "held", {"pos": 4, "neg": 5})
+    relaxed = {"min_sensitivity": 0.0, "min_auc_lower_ci": 0.0, "max_ece": 1.0}
+    settings = make_settings(
+        tmp_path / "root",
+        tmp_path,
+        **TWO_D,
+        dataset={"name": "home", "batches": ["a"]},
+        model={"width": 8, "depth": 2},
+        promotion=relaxed,
+        evaluation={"bootstrap_rounds": 200},
+    )
+    config = tmp_path / "lungcls.yaml"
+    config.write_text(yaml.safe_dump({**settings.masked(), "pseudonym_key": TEST_KEY}))
+    cli = ["--config", str(config)]
+    common = ["--positive", "pos", "--group-size", "2", "--fov-mm", str(FOV_MM)]
+    src, held = str(tmp_path / "src"), str(tmp_path / "held")
+    split = ["--test-range", "0.7:1", "--val-fraction", "0.3"]
+    assert main([*cli, "import-images", src, "--batch", "a", *common, *split]) == 0
+    assert main([*cli, "import-images", held, "--batch", "b", *common, "--test-range", "0:1"]) == 0
+    assert main([*cli, "ingest"]) == 0
+    assert main([*cli, "dataset", "build"]) == 0  # dataset.batches: only batch a
+    # The second batch, with the first one's too: what the model saw must be left out.
+    assert main([*cli, "dataset", "build", "--name", "more", "--batch", "a", "--batch", "b"]) == 0
+    version = train_in_process(settings, steps=40)
+    assert promote(settings, version).outcome == "promoted"
+    capsys.readouterr()
+
+    assert main([*cli, "evaluate", "--model", "champion", "--dataset", "more", "--json"]) == 0
+    key = json.loads(capsys.readouterr().out)
+    assert key["dataset"] == {"name": "more", "version": 1}
+    home = evaluate_model(settings, version="champion")
+    assert key["operating_point"]["threshold"] == home.report["operating_point"]["threshold"]
+    assert key["operating_point"]["chosen_on"] == "val of home v1"
+    assert 0.0 <= key["test"]["roc_auc"]["value"] <= 1.0
+    report = json.loads(Path(key["report"]["json"].removeprefix("file://")).read_text())
+    assert report["calibration"] == home.report["calibration"]
+    counts = load_manifest(Storage.from_settings(settings), "home")["counts"]
+    seen = sum(int(n) for split in ("train", "val") for n in counts[split].values())
+    assert report["external"]["excluded_seen_in_training"] == seen == 16
+    assert report["external"]["samples_scored"] == 8 + 9  # batch a's test split + batch b
