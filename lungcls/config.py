@@ -158,6 +158,11 @@ class EvaluationSettings(BaseModel):
     target_sensitivity: float = Field(
         0.95, description="The operating point is chosen on validation to reach this."
     )
+    operating_point_confidence: float = Field(
+        0.8,
+        description="Share of patient-bootstrap resamples of validation in which the "
+        "operating point must reach the target (0: exactly the target on validation).",
+    )
     bootstrap_rounds: int = Field(1000, description="Patient-level bootstrap rounds for CIs.")
     bootstrap_seed: int = 0
     slice_thickness_bands_mm: list[float] = [1.5, 3.0]

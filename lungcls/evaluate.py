@@ -2,8 +2,10 @@
 
     lungcls evaluate [--name NAME] [--model N | champion] [--dataset NAME --dataset-version D]
 
-The operating point is chosen on the validation split (the highest threshold reaching
-`evaluation.target_sensitivity`) and applied unchanged to test; metrics are reported at 0.5
+The operating point is chosen on the validation split so that it reaches
+`evaluation.target_sensitivity` on new patients too (`robust_operating_point`: in
+`operating_point_confidence` of patient-bootstrap resamples of val) and applied unchanged to
+test; metrics are reported at 0.5
 and at that point, each with a patient-level bootstrap 95 % interval, plus a subgroup table
 (manufacturer, slice-thickness band, nodule-diameter band). Everything lands in
 `models/<name>/v<N>/evaluations/<dataset>-v<D>/`: per-sample scores, PNG plots, report.md,
@@ -37,6 +39,7 @@ from lungcls.metrics import (
     binary_metrics,
     bootstrap_intervals,
     operating_point,
+    robust_operating_point,
     subgroup_table,
 )
 from lungcls.registry import load_model, load_record, model_dir, read_alias
@@ -335,14 +338,24 @@ def _own_scores(
     val = frames["val"]
     calibration = fit_calibration(val["label"].to_numpy(), val["score"].to_numpy())
     _calibrated(frames, calibration)
-    target = settings.evaluation.target_sensitivity
+    e = settings.evaluation
     labels, scores = val["label"].to_numpy(), val["score"].to_numpy()
-    threshold = operating_point(labels, scores, target)
+    threshold = robust_operating_point(
+        labels,
+        scores,
+        val["patient_id"].to_numpy(),
+        e.target_sensitivity,
+        e.operating_point_confidence,
+        e.bootstrap_rounds,
+        e.bootstrap_seed,
+    )
     on_val = binary_metrics(labels, scores, threshold)
     point = {
-        "target_sensitivity": target,
+        "target_sensitivity": e.target_sensitivity,
         "threshold": threshold,
         "chosen_on": "val",
+        "confidence": e.operating_point_confidence,
+        "val_threshold_at_target": operating_point(labels, scores, e.target_sensitivity),
         "val_sensitivity": on_val["sensitivity"],
         "val_specificity": on_val["specificity"],
     }
