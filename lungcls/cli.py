@@ -102,6 +102,8 @@ def cmd_import_images(args: argparse.Namespace) -> int:
         slice_thickness_mm=args.slice_thickness_mm,
         test_range=_pair(args.test_range, ":", "--test-range") if args.test_range else None,
         val_fraction=args.val_fraction,
+        val_blocks=args.val_blocks,
+        gap_groups=args.gap_groups,
     )
     storage = Storage(args.out or settings.root, settings.s3_endpoint_url)
     result = import_images(
@@ -471,7 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=0.0,
-        help="share of groups assigned to val, spread evenly over the rest of the range",
+        help="share of groups assigned to val, in --val-blocks blocks spread over the rest",
+    )
+    images.add_argument(
+        "--val-blocks", type=int, default=2, help="contiguous val blocks per class (default 2)"
+    )
+    images.add_argument(
+        "--gap-groups",
+        type=int,
+        default=1,
+        help="groups left unlabelled beside each held-out block (default 1)",
     )
     images.add_argument("--json", action="store_true", help="print a machine-readable summary")
 

@@ -2,7 +2,7 @@
 
     lungcls import-images SRC --batch NAME --positive malignant[,other] [--out ROOT]
         [--group-size 10] [--window -600,1500] [--fov-mm 360]
-        [--test-range 0.8:1 --val-fraction 0.15]
+        [--test-range 0.8:1 --val-fraction 0.15 --val-blocks 2 --gap-groups 1]
 
 SRC holds one folder per class (`SRC/malignant/*.jpg`, `SRC/normal/*.png`, ...); classes
 named by `--positive` are label 1, every other class 0. Then the normal pipeline takes the
@@ -31,10 +31,13 @@ batch, class and number range, and ingest turns it into a keyed pseudonym like a
 
 Splits: by default none is written and the pipeline's keyed hash splits patients. With
 `--test-range A:B`, the groups from share A to share B of each class's groups in case-number
-order (0.8:1 = the highest fifth of the numbers, one contiguous range) are assigned to test,
-and with `--val-fraction V` a share V of the groups, spread evenly over the rest of the range,
-to validation; the other groups to train: a `split` column in labels.csv. `--test-range 0:1`
-makes the whole batch a test set (an external set to score a trained model on).
+order (0.8:1 = the highest fifth of the numbers, one contiguous range) are assigned to test;
+with `--val-fraction V` a share V of the groups, in `--val-blocks` contiguous blocks spread
+over the rest of the range, to validation; the others to train: a `split` column in
+labels.csv. A patient's slices may run past a group boundary, so `--gap-groups` groups on
+each side of a held-out block get no label (ingested, never used): no patient is then on
+both sides. `--test-range 0:1` makes the whole batch a test set (an external set to score a
+trained model on).
 
 Refused images (not an image, unreadable, colour, 16-bit, no case number, a pixel-identical
 duplicate of an earlier image) are quarantined under `quarantine/<run>/` with a reason; an
@@ -48,7 +51,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import posixpath
 import re
 from collections import Counter, defaultdict
@@ -67,6 +69,7 @@ from lungcls.storage import Storage
 from lungcls.synth import dicom_bytes, pack_zip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+GAP = "gap"  # a group imported without a label, between a held-out block and training
 GREY_TOLERANCE = 4  # JPEG rounding makes the channels of a grey RGB image differ slightly
 _CASE_NUMBER = re.compile(r"\d+")
 
@@ -86,12 +89,17 @@ class ImportOptions:
     # (0.8, 1.0): the highest fifth of the numbers. None: no split is assigned.
     test_range: tuple[float, float] | None = None
     val_fraction: float = 0.0
+    val_blocks: int = 2  # contiguous val blocks per class
+    gap_groups: int = 1  # groups left unlabelled on each side of a held-out block
 
     def check(self) -> None:
         if not self.positive:
             raise ImageImportError("--positive names no class: give at least one class folder")
-        if self.group_size < 1:
-            raise ImageImportError(f"--group-size {self.group_size} must be at least 1")
+        if self.group_size < 1 or self.val_blocks < 1 or self.gap_groups < 0:
+            raise ImageImportError(
+                f"--group-size {self.group_size} and --val-blocks {self.val_blocks} must be "
+                f"at least 1, --gap-groups {self.gap_groups} at least 0"
+            )
         if self.window[1] <= 0 or self.fov_mm <= 0 or self.slice_thickness_mm <= 0:
             raise ImageImportError("--window width, --fov-mm and slice thickness must be > 0")
         start, end = self.test_range or (0.0, 0.0)
@@ -104,14 +112,18 @@ class ImportOptions:
             raise ImageImportError("--test-range and --val-fraction leave nothing to train on")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceImage:
-    """One accepted image: where it came from, its case number, its grey pixels."""
+    """One accepted image: where it is and its case number (pixels are read when written,
+    so an import holds one image in memory at a time)."""
 
     class_name: str
     name: str  # file name inside its class folder
     number: int
-    grey: np.ndarray  # uint8 (rows, columns)
+
+    @property
+    def rel(self) -> str:
+        return f"{self.class_name}/{self.name}"
 
 
 @dataclass
@@ -255,7 +267,7 @@ def read_class_folders(
                 refuse(rel, "duplicate_image", f"same pixels as {seen[digest]}; kept that one")
                 continue
             seen[digest] = rel
-            accepted.append(SourceImage(class_name, name, number, grey))
+            accepted.append(SourceImage(class_name, name, number))
         if not accepted:
             raise ImageImportError(
                 f"class folder {class_name!r} holds no usable JPEG/PNG image: remove it, or "
@@ -287,13 +299,14 @@ def group_patients(
             )
             for index in sorted(by_index)
         ]
-        _assign_splits(ordered, options)
+        assign_splits(ordered, options)
         groups += ordered
     return groups
 
 
-def _assign_splits(ordered: list[PatientGroup], options: ImportOptions) -> None:
-    """Test: one contiguous range of groups; val: groups spread evenly over the rest."""
+def assign_splits(ordered: list[PatientGroup], options: ImportOptions) -> None:
+    """Test: one contiguous range of groups; val: a few contiguous blocks spread evenly over
+    the rest; train: the others, except `gap` groups next to a held-out block."""
     if options.test_range is None and not options.val_fraction:
         return
     n = len(ordered)
@@ -302,20 +315,31 @@ def _assign_splits(ordered: list[PatientGroup], options: ImportOptions) -> None:
     if end > start and last == first:  # a small class still gets one test group
         last = min(n, first + 1)
         first = last - 1
+    rest = [i for i in range(n) if not first <= i < last]
     n_val = max(1, round(options.val_fraction * n)) if options.val_fraction else 0
-    rest = ordered[:first] + ordered[last:]
     if n_val and len(rest) - n_val < 1:
         raise ImageImportError(
             f"class {ordered[0].class_name!r} has {n} patient groups: too few for "
             f"{last - first} test and {n_val} val groups; lower --group-size or the shares"
         )
-    for group in ordered[first:last]:
-        group.split = "test"
-    # Evenly spaced blocks, not one tail: a threshold chosen on val must hold across the
-    # range, and neighbouring numbers (one patient) stay in one block.
-    val_positions = {math.floor((i + 0.5) * len(rest) / n_val) for i in range(n_val)}
-    for position, group in enumerate(rest):
-        group.split = "val" if position in val_positions else "train"
+    splits = ["test" if first <= i < last else "train" for i in range(n)]
+    # A few blocks across the range, not one tail: a threshold chosen on val must hold
+    # across it; and blocks, not scattered groups: a patient longer than a group would
+    # otherwise sit on both sides of most val groups.
+    blocks = min(options.val_blocks, n_val)
+    for block in range(blocks):
+        size = n_val // blocks + (block < n_val % blocks)
+        begin = round((block + 0.5) * len(rest) / blocks - size / 2)
+        for position in range(max(0, min(begin, len(rest) - size)), len(rest))[:size]:
+            splits[rest[position]] = "val"
+    # Groups bordering a held-out block are left out (no label): the patient whose slices
+    # cross the boundary then trains on neither side of it.
+    held_out = [i for i in range(n) if splits[i] != "train"]
+    for i in range(n):
+        if splits[i] == "train" and any(0 < abs(i - j) <= options.gap_groups for j in held_out):
+            splits[i] = GAP
+    for group, split in zip(ordered, splits, strict=True):
+        group.split = split
 
 
 def nominal_rescale(window: tuple[float, float]) -> tuple[str, str]:
@@ -326,7 +350,11 @@ def nominal_rescale(window: tuple[float, float]) -> tuple[str, str]:
 
 
 def image_dataset(
-    image: SourceImage, group: PatientGroup, batch: str, options: ImportOptions
+    image: SourceImage,
+    grey: np.ndarray,
+    group: PatientGroup,
+    batch: str,
+    options: ImportOptions,
 ) -> Dataset:
     """One single-slice CT Image Storage dataset for an image (see the module docstring)."""
 
@@ -336,7 +364,7 @@ def image_dataset(
             return generate_uid(entropy_srcs=[*parts, group.patient_id])
         return generate_uid(entropy_srcs=[*parts, image.name])
 
-    rows, columns = image.grey.shape
+    rows, columns = grey.shape
     spacing = options.fov_mm / max(rows, columns)
     slope, intercept = nominal_rescale(options.window)
     meta = FileMetaDataset()
@@ -384,17 +412,20 @@ def image_dataset(
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = f"{options.window[0]:g}", f"{options.window[1]:g}"
-    ds.PixelData = image.grey.astype("<u2").tobytes()
+    ds.PixelData = grey.astype("<u2").tobytes()
     return ds
 
 
 def labels_csv(groups: list[PatientGroup], batch: str) -> str:
-    """One patient row per group; a `split` column only when splits were assigned."""
+    """One patient row per group (none for gap groups: they stay unlabelled); a `split`
+    column only when splits were assigned."""
     with_split = any(g.split for g in groups)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["patient_id", "label", *(["split"] if with_split else [])])
     for group in groups:
+        if group.split == GAP:
+            continue
         row = [f"{batch}:{group.patient_id}", group.label]
         writer.writerow(row + ([group.split] if with_split else []))
     return buffer.getvalue()
@@ -419,7 +450,9 @@ def import_images(
         members = [
             (
                 f"{posixpath.splitext(i.name)[0]}.dcm",
-                dicom_bytes(image_dataset(i, group, batch, options)),
+                dicom_bytes(
+                    image_dataset(i, grey_pixels(source.read_bytes(i.rel)), group, batch, options)
+                ),
             )
             for i in group.images
         ]
@@ -436,7 +469,7 @@ def import_images(
         patients = sum(g.class_name == class_name for g in groups)
         result.classes[class_name] = {"label": label, "images": len(members), "patients": patients}
     if any(g.split for g in groups):
-        counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+        counts: dict[str, Counter[str]] = {s: Counter() for s in (*SPLITS, GAP)}
         for g in groups:
             counts[g.split or "train"][str(g.label)] += len(g.images)
         result.splits = {s: {"0": c["0"], "1": c["1"]} for s, c in counts.items()}

@@ -17,7 +17,15 @@ from lungcls.cli import main
 from lungcls.config import Settings
 from lungcls.datasets import build_dataset, load_manifest
 from lungcls.evaluate import evaluate_model
-from lungcls.images import ImageImportError, ImportOptions, case_number, import_images
+from lungcls.images import (
+    ImageImportError,
+    ImportOptions,
+    PatientGroup,
+    assign_splits,
+    case_number,
+    import_images,
+    labels_csv,
+)
 from lungcls.ingest import ingest
 from lungcls.ledger import Ledger
 from lungcls.promote import promote
@@ -68,12 +76,37 @@ def test_case_number_is_the_first_integer() -> None:
     assert case_number("scan.png") is None
 
 
+@pytest.mark.parametrize(
+    ("groups", "test_range", "layout"),
+    [
+        (40, (0.8, 1.0), "....._VVV_..........._VVV_....._TTTTTTTT"),
+        (40, (0.4, 0.6), "....._VVV_....._TTTTTTTT_...._VVV_......"),
+        (9, (0.0, 0.2), "TT_._V_.."),
+    ],
+)
+def test_split_layout_blocks_and_gaps(groups: int, test_range, layout: str) -> None:
+    """Test: one contiguous range; val: two blocks across the rest; a gap group (no label)
+    beside every held-out block."""
+    ordered = [PatientGroup("c", 1, i, i, []) for i in range(groups)]
+    assign_splits(ordered, ImportOptions(("c",), test_range=test_range, val_fraction=0.15))
+    code = {"train": ".", "val": "V", "test": "T", "gap": "_"}
+    assert "".join(code[g.split] for g in ordered) == layout
+    assert labels_csv(ordered, "b").count("\n") == 1 + layout.count(".") + len(
+        layout.replace(".", "").replace("_", "")
+    )
+
+
 def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
     written = write_folder(tmp_path / "src", {"cancer": 14, "normal": 12})
     settings = make_settings(tmp_path / "root", tmp_path, **TWO_D)
     storage = Storage.from_settings(settings)
     options = ImportOptions(
-        positive=("cancer",), group_size=3, fov_mm=FOV_MM, test_range=(0.75, 1.0), val_fraction=0.25
+        positive=("cancer",),
+        group_size=3,
+        fov_mm=FOV_MM,
+        test_range=(0.75, 1.0),
+        val_fraction=0.25,
+        gap_groups=0,  # too few groups to leave some out (see the layout test)
     )
     result = import_images(str(tmp_path / "src"), storage, "imgs", options)
     assert result.images == 26 and result.quarantined == []
@@ -207,7 +240,7 @@ def test_champion_scores_another_imported_batch(tmp_path: Path, capsys) -> None:
     cli = ["--config", str(config)]
     common = ["--positive", "pos", "--group-size", "2", "--fov-mm", str(FOV_MM)]
     src, held = str(tmp_path / "src"), str(tmp_path / "held")
-    split = ["--test-range", "0.7:1", "--val-fraction", "0.3"]
+    split = ["--test-range", "0.7:1", "--val-fraction", "0.3", "--gap-groups", "0"]
     assert main([*cli, "import-images", src, "--batch", "a", *common, *split]) == 0
     assert main([*cli, "import-images", held, "--batch", "b", *common, "--test-range", "0:1"]) == 0
     assert main([*cli, "ingest"]) == 0
