@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-real clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ bench: setup
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+
+# Real CT slices (../shared/data/iq-othnccd) through import, ingest, build, train, evaluate.
+bench-real: setup
+	$(BIN)/python bench/real_iqothnccd.py --sweep
 
 clean:
 	rm -rf lungcls-data $(WORK)
