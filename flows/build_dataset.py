@@ -25,10 +25,10 @@ def build_version(settings: Settings) -> dict[str, Any]:
 
 
 @flow(name="build_dataset", log_prints=True)
-def build_dataset_flow(parameters: RunParameters | None = None) -> dict[str, Any]:
+def build_dataset_flow(params: RunParameters = RunParameters()) -> dict[str, Any]:
     """Validate the series store against the data contracts and build the next dataset
     version (shards + manifest) if any series or setting changed."""
-    settings = (parameters or RunParameters()).settings()
+    settings = params.settings()
     built, cached = run_stage(build_version, settings)
     if cached:
         built = {**built, "created": False, "preprocessed": 0, "quarantined": []}

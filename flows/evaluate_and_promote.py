@@ -38,17 +38,14 @@ def gate(settings: Settings, version: int) -> dict[str, Any]:
 
 
 @flow(name="evaluate_and_promote", log_prints=True)
-def evaluate_and_promote_flow(parameters: EvaluateParameters | None = None) -> dict[str, Any]:
+def evaluate_and_promote_flow(params: EvaluateParameters = EvaluateParameters()) -> dict[str, Any]:
     """Evaluate a model version on its dataset's test split (metrics with CIs, operating
     point, plots, report) and promote it to champion if every gate passes."""
-    parameters = parameters or EvaluateParameters()
-    settings = parameters.settings()
+    settings = params.settings()
     storage = Storage.from_settings(settings)
-    ref = None if parameters.model_version == "latest" else parameters.model_version
+    ref = None if params.model_version == "latest" else params.model_version
     version = resolve_version(storage, settings.model.name, ref)["version"]
-    evaluation, _ = run_stage(
-        evaluate, settings, version, parameters.force, refresh=parameters.force
-    )
+    evaluation, _ = run_stage(evaluate, settings, version, params.force, refresh=params.force)
     evaluation_artifacts(evaluation, storage)
     decision, _ = run_stage(gate, settings, version)
     promotion_artifacts(decision)

@@ -25,12 +25,11 @@ def ingest_archives(settings: Settings, batch: str | None) -> dict[str, Any]:
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(parameters: IngestParameters | None = None) -> dict[str, Any]:
+def ingest_flow(params: IngestParameters = IngestParameters()) -> dict[str, Any]:
     """Ingest every new or changed DICOM archive under the inbox; quarantine what is bad."""
-    parameters = parameters or IngestParameters()
-    settings = parameters.settings()
+    settings = params.settings()
     storage = Storage.from_settings(settings)
-    summary, cached = run_stage(ingest_archives, settings, parameters.batch)
+    summary, cached = run_stage(ingest_archives, settings, params.batch)
     if cached:  # the inbox is as an earlier run left it: nothing was opened or ingested
         summary = {**summary, "archives_ingested": 0, "series_ingested": 0, "quarantined": []}
         summary.update(archives_skipped=summary["archives_seen"], bytes_read=0, seconds=0.0)

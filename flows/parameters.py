@@ -41,6 +41,13 @@ class RetrainParameters(IngestParameters):
     )
 
 
+class TrainParameters(RunParameters):
+    dataset_version: int | None = Field(
+        None, description="The dataset version to train on; default: the latest."
+    )
+    force: bool = Field(False, description="Train again even if a cached model exists.")
+
+
 class EvaluateParameters(RunParameters):
     model_version: str = Field(
         "latest",

@@ -16,32 +16,37 @@ from prefect.artifacts import create_markdown_artifact
 from flows.build_dataset import build_dataset_flow
 from flows.evaluate_and_promote import evaluate_and_promote_flow
 from flows.ingest import ingest_flow
-from flows.parameters import EvaluateParameters, IngestParameters, RetrainParameters, RunParameters
-from flows.train import TrainParameters, train_flow
+from flows.parameters import (
+    EvaluateParameters,
+    IngestParameters,
+    RetrainParameters,
+    RunParameters,
+    TrainParameters,
+)
+from flows.train import train_flow
 from lungcls.registry import read_decisions, versions_trained_on
 from lungcls.storage import Storage
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(parameters: RetrainParameters | None = None) -> dict[str, Any]:
+def retrain(params: RetrainParameters = RetrainParameters()) -> dict[str, Any]:
     """Ingest new scan batches, build the next dataset version, train a candidate on it,
     evaluate it and promote it if it passes the gates. Skips what has nothing new."""
-    parameters = parameters or RetrainParameters()
     logger = get_run_logger()
-    where = RunParameters(config_file=parameters.config_file, root=parameters.root)
+    where = RunParameters(config_file=params.config_file, root=params.root)
     settings = where.settings()
     storage = Storage.from_settings(settings)
     model = settings.model.name
 
-    ingested = ingest_flow(IngestParameters(**where.model_dump(), batch=parameters.batch))
+    ingested = ingest_flow(IngestParameters(**where.model_dump(), batch=params.batch))
     built = build_dataset_flow(where)
     dataset = {"name": built["name"], "version": built["version"]}
 
     trained_before = versions_trained_on(storage, model, dataset)
     trained: dict[str, Any] | None = None
-    if parameters.force or not trained_before:
+    if params.force or not trained_before:
         train_parameters = TrainParameters(
-            **where.model_dump(), dataset_version=built["version"], force=parameters.force
+            **where.model_dump(), dataset_version=built["version"], force=params.force
         )
         trained = train_flow(train_parameters)
         candidate = trained["model_version"]
@@ -60,7 +65,7 @@ def retrain(parameters: RetrainParameters | None = None) -> dict[str, Any]:
         if d["action"] == "promote" and d["candidate_version"] == candidate
     ]
     gated: dict[str, Any] | None = None
-    if parameters.force or not decisions:
+    if params.force or not decisions:
         gated = evaluate_and_promote_flow(
             EvaluateParameters(**where.model_dump(), model_version=str(candidate))
         )

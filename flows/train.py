@@ -6,22 +6,14 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
 from flows.artifacts import training_artifacts
 from flows.common import content_key, run_stage, stage_task
-from flows.parameters import RunParameters
+from flows.parameters import TrainParameters
 from lungcls.config import Settings
 from lungcls.datasets import load_manifest, version_dir
 from lungcls.storage import Storage
 from lungcls.train import resumable_run, train_model
-
-
-class TrainParameters(RunParameters):
-    dataset_version: int | None = Field(
-        None, description="The dataset version to train on; default: the latest."
-    )
-    force: bool = Field(False, description="Train again even if a cached model exists.")
 
 
 def _train_key(settings: Settings, dataset: dict[str, Any]) -> str:
@@ -46,15 +38,14 @@ def train_candidate(settings: Settings, dataset: dict[str, Any]) -> dict[str, An
 
 
 @flow(name="train", log_prints=True)
-def train_flow(parameters: TrainParameters | None = None) -> dict[str, Any]:
+def train_flow(params: TrainParameters = TrainParameters()) -> dict[str, Any]:
     """Train a CNN on a dataset version with Ray Train and publish the best epoch as a new
     candidate model version (not champion: `evaluate_and_promote` decides that)."""
-    parameters = parameters or TrainParameters()
-    settings = parameters.settings()
+    settings = params.settings()
     storage = Storage.from_settings(settings)
-    manifest = load_manifest(storage, settings.dataset.name, parameters.dataset_version)
+    manifest = load_manifest(storage, settings.dataset.name, params.dataset_version)
     dataset = {"name": manifest["name"], "version": manifest["version"]}
-    trained, cached = run_stage(train_candidate, settings, dataset, refresh=parameters.force)
+    trained, cached = run_stage(train_candidate, settings, dataset, refresh=params.force)
     training_artifacts(trained)
     get_run_logger().info(
         "model %s v%d %s: best val AUC %.3f at epoch %d of %d",
