@@ -28,6 +28,7 @@ run: setup
 
 # The Prefect UI: `make server` in one terminal, `make deploy` once, `make worker` in another.
 PREFECT_PORT ?= 4200
+deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 server: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
