@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -25,16 +26,27 @@ from lungcls.config import Settings
 from lungcls.storage import Storage
 from tests.support import make_settings
 
+_HOME: Path | None = None
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = tmp_path_factory.mktemp("home")
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every tool's state at a folder of this session's, before any test module is
+    imported: Prefect resolves its home when first imported, and test modules import flows."""
+    global _HOME
+    _HOME = Path(tempfile.mkdtemp(prefix="lungcls-tests-"))
+    os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite lives here
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("MPLCONFIGDIR", str(_HOME / "matplotlib"))
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("LUNGCLS_ROOT", "LUNGCLS_CONFIG", "LUNGCLS_PSEUDONYM_KEY", "RAY_ADDRESS"):
         os.environ.pop(name, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HOME is not None:
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture
