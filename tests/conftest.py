@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 
 from lungcls.config import Settings
 from lungcls.storage import Storage
-from tests.support import make_settings
+from tests.support import free_port, make_settings
 
 _HOME: Path | None = None
 
@@ -59,16 +58,10 @@ def storage(settings: Settings) -> Storage:
     return Storage.from_settings(settings)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real moto S3 server on 127.0.0.1; yields its endpoint URL."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     assert server, "moto_server not installed: `make setup` installs moto[server]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from lungcls.config import Settings
@@ -152,3 +153,9 @@ ARTIFACT_KEYS = {
     "promotion-decision",
     "retrain-summary",
 }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
