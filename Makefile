@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/flows.py
 
 clean:
 	rm -rf lungcls-data $(WORK)
