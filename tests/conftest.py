@@ -10,11 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ import pytest
 
 from lungcls.config import Settings
 from lungcls.storage import Storage
-from tests.support import free_port, make_settings
+from tests.support import free_port, make_settings, start_server
 
 _HOME: Path | None = None
 
@@ -65,26 +62,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     assert server, "moto_server not installed: `make setup` installs moto[server]"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    process = start_server(
+        [server, "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/", log, 30
     )
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
     yield endpoint
     os.kill(process.pid, signal.SIGTERM)
     process.wait(timeout=10)
-    log.close()
 
 
 @pytest.fixture

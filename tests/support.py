@@ -159,3 +159,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_server(command: list[str], url: str, log: Path, timeout_s: float, **popen: object):
+    """Start a server process (output to `log`) and wait until `url` answers; on failure,
+    kill it and raise with the end of its log."""
+    import subprocess
+    import time
+    import urllib.request
+
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                process.wait(timeout=10)
+                message = f"{command[0]} did not start: {log.read_text()[-3000:]}"
+                raise RuntimeError(message) from None
+            time.sleep(0.3)

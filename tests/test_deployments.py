@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from tests.support import (
     flow_run_artifacts,
     free_port,
     make_settings,
+    start_server,
     write_flow_config,
 )
 
@@ -59,26 +58,11 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         # as data, and only the run the test starts may reach the worker.
         "PREFECT_API_SERVICES_SCHEDULER_ENABLED": "false",
     }
-    log = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                _stop(server)
-                raise RuntimeError((home / "server.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
+    command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    health = f"http://127.0.0.1:{port}/api/health"
+    server = start_server(command, health, home / "server.log", 120, env=env)
     yield env
     _stop(server)
-    log.close()
 
 
 def test_deploy_from_prefect_yaml_and_run_retrain_through_a_worker(
