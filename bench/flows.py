@@ -62,6 +62,9 @@ def main() -> None:
         start = time.perf_counter()
         second = retrain(params)
         second_s = time.perf_counter() - start
+        import ray
+
+        ray.shutdown()  # before its folder under `tmp` goes away
     assert first["trained"] and not second["trained"] and not second["gated"]
     report = {
         "first_retrain_s": round(first_s, 1),
