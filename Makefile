@@ -41,7 +41,7 @@ worker: setup
 	$(BIN)/prefect worker start --pool lungcls-process
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 lint: setup
 	$(BIN)/ruff check .

@@ -128,7 +128,7 @@ def _kill_leftovers(marker: str) -> None:
 
 
 def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path) -> None:
-    config = write_flow_config(tmp_path, train={**FLOW_CONFIG["train"], "epochs": 8})
+    config = write_flow_config(tmp_path, train={**FLOW_CONFIG["train"], "epochs": 5})
     root = tmp_path / "root"
     storage = Storage.from_settings(make_settings(root, tmp_path))
     synth_batch(storage, "b1", SynthOptions(scans=48, seed=21, **FLOW_SCANS))
@@ -159,7 +159,7 @@ def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path
     record = load_record(storage, "lung-nodule-cnn", 1)
     assert record["train_run"] == killed_run  # the same run, finished from its checkpoint
     history = json.loads((root / "runs" / killed_run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(8))
+    assert [h["epoch"] for h in history] == list(range(5))
     assert history[-1]["resumes"] >= 1
     assert summary["gated"] and summary["candidate"] == 1
 
