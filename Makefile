@@ -41,7 +41,7 @@ worker: setup
 	$(BIN)/prefect worker start --pool lungcls-process
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=12
+	$(BIN)/python -m pytest -q --durations=12 --basetemp=$(WORK)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
