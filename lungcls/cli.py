@@ -356,8 +356,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lungcls.demo import ensure_demo_batch
+    from lungcls.demo import DEMO_PSEUDONYM_KEY, ensure_demo_batch
 
+    if load_settings(args.config).pseudonym_key is None:
+        # Set for the flow too, which reads its settings again.
+        os.environ["LUNGCLS_PSEUDONYM_KEY"] = DEMO_PSEUDONYM_KEY
+        print("demo: pseudonyms use the public demo key (synthetic data only)")
     settings = _settings(args)
     ensure_demo_batch(settings)
     args.batch = None

@@ -11,6 +11,10 @@ from lungcls.storage import Storage
 from lungcls.synth import SynthOptions, synth_batch
 
 DEMO_BATCH = "demo-001"
+# The demo's split (train 105 / val 20 / test 35 scans, both classes in each) comes from the
+# pseudonymisation key; a per-root random key would give every fresh clone another split, and
+# some too small for the gate. This key is public: only for the demo's synthetic patients.
+DEMO_PSEUDONYM_KEY = "lungcls-demo-key-synthetic-only"
 # Enough patients that the val and test splits hold both classes (a contract checks it).
 DEMO_OPTIONS = SynthOptions(scans=160, seed=0)
 
