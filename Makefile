@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean stack stack-down
 
 setup: $(STAMP)
 
@@ -39,5 +39,13 @@ bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
 
+# A local stack without Docker (Prefect server, S3, Ray head + worker node): infra/README.md.
+stack: setup
+	$(BIN)/python -m infra.local.stack up
+
+stack-down:
+	$(BIN)/python -m infra.local.stack down
+
 clean:
+	test ! -f $(WORK)/stack/stack.json || $(BIN)/python -m infra.local.stack down
 	rm -rf lungcls-data $(WORK)
