@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo test lint bench clean stack stack-down
+.PHONY: setup demo run test lint bench server deploy worker screenshot clean stack stack-down
 
 setup: $(STAMP)
 
@@ -22,6 +22,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/lungcls demo
+
+run: setup
+	$(BIN)/lungcls run
+
+# The Prefect UI: `make server` in one terminal, `make deploy` once, `make worker` in another.
+PREFECT_PORT ?= 4200
+deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+server: setup
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: setup
+	$(BIN)/prefect work-pool inspect lungcls-process >/dev/null 2>&1 || \
+		$(BIN)/prefect work-pool create lungcls-process --type process
+	$(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+worker: setup
+	$(BIN)/prefect worker start --pool lungcls-process
 
 test: setup
 	$(BIN)/python -m pytest -q
