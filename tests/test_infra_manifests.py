@@ -294,3 +294,20 @@ def test_compose_file_follows_the_compose_spec_and_has_the_stack() -> None:
     assert published and all(p.startswith("127.0.0.1:") for p in published)
     images = [s["image"] for s in services.values()]
     assert not any(i.endswith(":latest") or ":" not in i for i in images)
+
+
+def test_prefect_yaml_loads_and_matches_the_image_and_the_kubernetes_worker() -> None:
+    """deployments/prefect.yaml's container variants run in this image with this worker."""
+    prefect_yaml = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    for deployment in prefect_yaml["deployments"]:
+        path, function = deployment["entrypoint"].split(":")
+        assert f"def {function}(" in (REPO / path).read_text(), deployment["entrypoint"]
+    (step,) = prefect_yaml["definitions"]["container_pull"]
+    workdir = re.search(r"^WORKDIR (\S+)$", (INFRA / "docker" / "Dockerfile").read_text(), re.M)
+    assert workdir and step["prefect.deployments.steps.set_working_directory"]["directory"] == (
+        workdir.group(1)
+    )
+    pool = prefect_yaml["definitions"]["work_pools"]["kubernetes"]["name"]
+    worker = next(doc for _, doc in DOCUMENTS if doc["kind"] == "Deployment")
+    command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--pool") + 1] == pool
