@@ -65,7 +65,10 @@ def _start_all(
     die_with_parent: bool,
     started: list[Service],
 ) -> dict[str, Any]:
-    base = {**os.environ, **MOTO_KEYS, "AWS_DEFAULT_REGION": "us-east-1"}
+    # A shell that sourced an earlier stack's env.sh must not hand its addresses on.
+    stale = ("LUNGCLS_", "PREFECT_API_", "RAY_", "AWS_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(stale)}
+    base.update(MOTO_KEYS, AWS_DEFAULT_REGION="us-east-1")
     s3_port, prefect_port = processes.free_ports(2)
 
     s3_url = f"http://127.0.0.1:{s3_port}"
@@ -76,7 +79,7 @@ def _start_all(
         folder / "s3.log",
         die_with_parent,
     )
-    started.append(moto)
+    _record(folder, started, moto)
 
     prefect_url = f"http://127.0.0.1:{prefect_port}/api"
     prefect_env = {
@@ -87,19 +90,19 @@ def _start_all(
     argv = [ray_nodes.venv_tool("prefect"), "server", "start", "--host", "127.0.0.1"]
     argv += ["--port", str(prefect_port)]
     prefect = processes.spawn("prefect", argv, prefect_env, folder / "prefect.log", die_with_parent)
-    started.append(prefect)
+    _record(folder, started, prefect)
 
     # Ray's nodes start while moto and Prefect come up: the slowest parts overlap.
     token = ray_nodes.write_token(folder / "ray-auth-token")
     ray_env = ray_nodes.ray_env(base, token)
     head = ray_nodes.start_head(folder / "ray-head", ray_env, cpus_per_node, die_with_parent)
-    started.append(head.service)
+    _record(folder, started, head.service)
     for index in range(1, worker_nodes + 1):
         name = f"ray-node-{index}"
         node = ray_nodes.start_worker(
             folder / name, ray_env, head.address, cpus_per_node, name, die_with_parent
         )
-        started.append(node.service)
+        _record(folder, started, node.service)
 
     processes.wait_for(lambda: processes.http_ok(f"{s3_url}/moto-api/"), moto, "S3", 60)
     _create_bucket(s3_url)
@@ -130,6 +133,14 @@ def _start_all(
     (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
     (folder / ENV_FILE).write_text(env_script(state))
     return state
+
+
+def _record(folder: Path, started: list[Service], service: Service) -> None:
+    """Note a started service in stack.json at once: `stack down` can stop it even if
+    `up` is killed before it finishes."""
+    started.append(service)
+    state = {"folder": str(folder), "services": [s.to_json() for s in started]}
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def _create_bucket(endpoint: str) -> None:
@@ -202,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"point lungcls at it:  source {Path(state['folder']) / ENV_FILE}\n")
         print(env_script(state), end="")
     elif args.command == "env":
-        print(env_script(_load(args.dir.resolve())), end="")
+        state = _load(args.dir.resolve())
+        if "exports" not in state:
+            raise SystemExit("the stack did not finish starting: `stack down`, then `stack up`")
+        print(env_script(state), end="")
     elif args.command == "status":
         for row in status(args.dir):
             state = "running" if row["running"] else "STOPPED"
