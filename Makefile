@@ -41,7 +41,7 @@ worker: setup
 	$(BIN)/prefect worker start --pool lungcls-process
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12 --basetemp=$(WORK)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/flows.py
 
 # A local stack without Docker (Prefect server, S3, Ray head + worker node): infra/README.md.
 stack: setup
