@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo run test lint bench server deploy worker screenshot clean
+.PHONY: setup demo run test lint bench server deploy worker screenshot clean stack stack-down
 
 setup: $(STAMP)
 
@@ -57,5 +57,13 @@ bench: setup
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/flows.py
 
+# A local stack without Docker (Prefect server, S3, Ray head + worker node): infra/README.md.
+stack: setup
+	$(BIN)/python -m infra.local.stack up
+
+stack-down:
+	$(BIN)/python -m infra.local.stack down
+
 clean:
+	test ! -f $(WORK)/stack/stack.json || $(BIN)/python -m infra.local.stack down
 	rm -rf lungcls-data $(WORK)
