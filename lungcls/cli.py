@@ -2,6 +2,7 @@
 
     lungcls config                      print the resolved settings (secrets masked)
     lungcls synth --batch demo-001      write a synthetic batch of CT archives into the inbox
+    lungcls import-images SRC --batch B --positive CLASS   image folders -> a DICOM batch
     lungcls ingest [--batch B] [--json] ingest new archives into the series store
     lungcls dataset build|list|show     versioned, validated, patient-split datasets
     lungcls train [--resume]            train a CNN with Ray Train; publish a candidate model
@@ -84,6 +85,52 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(text: str, separator: str, option: str) -> tuple[float, float]:
+    try:
+        first, second = (float(v) for v in text.split(separator))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected two numbers as A{separator}B") from None
+    return first, second
+
+
+def cmd_import_images(args: argparse.Namespace) -> int:
+    from lungcls.images import ImportOptions, import_images
+    from lungcls.storage import Storage
+
+    settings = _settings(args)
+    options = ImportOptions(
+        positive=tuple(c.strip() for c in args.positive.split(",") if c.strip()),
+        group_size=args.group_size,
+        window=_pair(args.window, ",", "--window"),
+        fov_mm=args.fov_mm,
+        slice_thickness_mm=args.slice_thickness_mm,
+        test_range=_pair(args.test_range, ":", "--test-range") if args.test_range else None,
+        val_fraction=args.val_fraction,
+    )
+    storage = Storage(args.out or settings.root, settings.s3_endpoint_url)
+    result = import_images(
+        args.source, storage, args.batch, options, settings.ingest.inbox, settings.s3_endpoint_url
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(
+        f"{result.run_id}: {result.images} images as {result.patients} pseudonymous patients "
+        f"in {result.archives} archives, {len(result.quarantined)} refused; batch at "
+        f"{result.batch_url}; report {storage.url(result.report)}"
+    )
+    for name, entry in result.classes.items():
+        print(
+            f"  class {name:<12} label {entry['label']}  {entry['images']:>5} images  "
+            f"{entry['patients']:>4} patients"
+        )
+    if result.splits:
+        _print_counts(result.splits)
+    for item in result.quarantined:
+        print(f"  refused {item['member']}: {item['code']}: {item['message']}")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from lungcls.ingest import ingest
 
@@ -108,9 +155,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from lungcls.datasets import build_dataset
 
-    result = build_dataset(
-        _settings(args), name=args.name, progress=None if not args.json else False
-    )
+    settings = _settings(args)
+    if args.batch:
+        settings.dataset.batches = args.batch
+    result = build_dataset(settings, name=args.name, progress=None if not args.json else False)
     if args.json:
         print(json.dumps(vars(result), indent=2))
         return 0
@@ -256,10 +304,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(key, indent=2))
         return 0
     model, op = report["model"], report["operating_point"]
+    scope = "test" if "external" not in report else "every sample the model did not see"
     print(
         f"model {model['name']} v{model['version']} on {report['dataset']['name']} "
-        f"v{report['dataset']['version']} test; operating point {op['threshold']:.3f} "
-        f"(val sensitivity {op['val_sensitivity']:.2f}, target {op['target_sensitivity']:.2f})"
+        f"v{report['dataset']['version']} {scope}; operating point {op['threshold']:.3f} "
+        f"chosen on {op['chosen_on']} (val sensitivity {op['val_sensitivity']:.2f}, target "
+        f"{op['target_sensitivity']:.2f})"
     )
     for name, entry in key["test"].items():
         low, high = entry["ci95"] or (float("nan"), float("nan"))
@@ -426,6 +476,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--seed", type=int, default=0, help="same seed, byte-identical archives")
 
+    images = add(
+        "import-images",
+        cmd_import_images,
+        "turn class folders of JPEG/PNG CT slices into an inbox batch of DICOM archives",
+    )
+    images.add_argument("source", help="folder (or URL) holding one sub-folder per class")
+    images.add_argument("--batch", required=True, help="batch folder name under inbox/")
+    images.add_argument(
+        "--positive", required=True, help="class folder(s) that are label 1, comma-separated"
+    )
+    images.add_argument("--out", help="storage root to write to (default: the settings' root)")
+    images.add_argument(
+        "--group-size",
+        type=int,
+        default=10,
+        help="consecutive case numbers taken as one pseudonymous patient (default 10)",
+    )
+    images.add_argument(
+        "--window",
+        default="-600,1500",
+        help="'centre,width' in HU that grey 0..255 is mapped onto (default -600,1500)",
+    )
+    images.add_argument(
+        "--fov-mm", type=float, default=360.0, help="field of view of an image's longer side"
+    )
+    images.add_argument(
+        "--slice-thickness-mm", type=float, default=1.0, help="nominal slice thickness"
+    )
+    images.add_argument(
+        "--test-range",
+        help="'A:B': groups from share A to B of each class (case-number order) go to test, "
+        "e.g. 0.8:1; default: no assigned split (keyed hash)",
+    )
+    images.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of groups assigned to val, spread evenly over the rest of the range",
+    )
+    images.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
     ingest = add("ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
     ingest.add_argument("--batch", help="only this batch folder (default: every batch)")
     ingest.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -441,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=cmd_dataset_build)
     build.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    build.add_argument(
+        "--batch",
+        action="append",
+        help="only series of this inbox batch (repeatable; default: dataset.batches, or all)",
+    )
     build.add_argument("--json", action="store_true", help="print a machine-readable summary")
     listing = dataset_commands.add_parser("list", help="list versions with counts and contracts")
     listing.set_defaults(handler=cmd_dataset_list)

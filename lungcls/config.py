@@ -92,6 +92,11 @@ class PreprocessSettings(BaseModel):
     windows: list[tuple[float, float]] = Field(
         [(-600.0, 1500.0)], description="(centre, width) HU windows, one channel each."
     )
+    crop_center: Literal["nodule", "image"] = Field(
+        "nodule",
+        description="Where the patch is centred: the labelled nodule, else the largest lung; "
+        "or the centre of the image (whole slices with image-level labels).",
+    )
 
 
 class DatasetSettings(BaseModel):
@@ -103,7 +108,10 @@ class DatasetSettings(BaseModel):
     compression: Literal["zstd", "none"] = Field("zstd", description="Shard compression.")
     tensor_dtype: Literal["float16", "float32"] = "float16"
     require_both_classes: bool = Field(
-        True, description="Fail a build whose train/val/test split lacks a class."
+        True, description="Fail a build in which a split that holds samples lacks a class."
+    )
+    batches: list[str] | None = Field(
+        None, description="Build only from series of these inbox batches; None: every batch."
     )
 
 
@@ -149,6 +157,11 @@ class TuneSettings(BaseModel):
 class EvaluationSettings(BaseModel):
     target_sensitivity: float = Field(
         0.95, description="The operating point is chosen on validation to reach this."
+    )
+    operating_point_confidence: float = Field(
+        0.8,
+        description="Share of patient-bootstrap resamples of validation in which the "
+        "operating point must reach the target (0: exactly the target on validation).",
     )
     bootstrap_rounds: int = Field(1000, description="Patient-level bootstrap rounds for CIs.")
     bootstrap_seed: int = 0

@@ -37,7 +37,7 @@ from lungcls.quarantine import QuarantineItem, write_quarantine
 from lungcls.runs import new_run_id
 from lungcls.series_store import load_series, read_series_index, volume_from_row
 from lungcls.shards import STAT_COLUMNS, Sample, ShardInfo, read_shard_metadata, write_shard
-from lungcls.splits import SPLITS, patient_split
+from lungcls.splits import SPLITS, SplitConflict, patient_splits
 from lungcls.storage import Storage
 from lungcls.versions import committed_versions, read_marker
 
@@ -121,8 +121,12 @@ def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract]) 
     pairs stand for its metadata and pixels without reading them: the no-new-data check
     stays cheap, and two roots holding the same archives agree.
     """
+    batches = settings.dataset.batches
     sources = sorted(
-        (e.sha256, s) for e in ledger.entries if e.status == "ingested" for s in e.series_ids
+        (e.sha256, s)
+        for e in ledger.entries
+        if e.status == "ingested" and (batches is None or e.batch in batches)
+        for s in e.series_ids
     )
     payload = {
         "sources": sources,
@@ -173,7 +177,7 @@ def preprocess_one(
         label=int(meta["label"]),
         batch=meta["batch"],
         archive_sha256=meta["archive_sha256"],
-        manufacturer=meta["manufacturer"],
+        manufacturer=meta["manufacturer"] if isinstance(meta["manufacturer"], str) else None,
         slice_thickness_mm=meta["slice_thickness_mm"],
         nodule_diameter_mm=meta["nodule_diameter_mm"],
         preprocess_hash=preprocess_hash,
@@ -230,8 +234,11 @@ def build_dataset(
             seconds=time.monotonic() - started,
         )
     frame = series_frame(storage, ledger)
+    if settings.dataset.batches is not None:
+        frame = frame[frame["batch"].isin(settings.dataset.batches)]
     if frame.empty:
-        raise DatasetError("the series store is empty: run `lungcls ingest` first")
+        where = f" of batches {settings.dataset.batches}" if settings.dataset.batches else ""
+        raise DatasetError(f"the series store holds no series{where}: run `lungcls ingest` first")
 
     version = (versions[-1] if versions else 0) + 1
     folder = version_dir(name, version)
@@ -251,8 +258,14 @@ def build_dataset(
     items = _contract_items(series_result, storage, files)
     accepted = frame[~frame["series_id"].isin(series_result.row_failures)]
     labelled = accepted[accepted["label"].notna()].copy()
+    labelled["split_assigned"] = labelled["split"].notna()
     fractions = settings.dataset.split_fractions
-    labelled["split"] = [patient_split(p, key, fractions) for p in labelled["patient_id"]]
+    try:
+        assigned = [s if isinstance(s, str) else None for s in labelled["split"]]
+        splits = patient_splits(zip(labelled["patient_id"], assigned, strict=True), key, fractions)
+    except SplitConflict as error:
+        raise DatasetError(str(error)) from error
+    labelled["split"] = labelled["patient_id"].map(splits)
 
     preprocess_hash = config_hash(settings.preprocess)
     shards, reused_ids = _reusable_shards(storage, parent, labelled, preprocess_hash)
@@ -268,7 +281,9 @@ def build_dataset(
     # All samples of the version, reused and new, against the whole tensor contract.
     all_stats = pd.concat([_shard_stats(storage, shards), stats], ignore_index=True)
     all_stats = all_stats.drop_duplicates("sample_id").sort_values("sample_id")
-    required = [f"{s}:{y}" for s in SPLITS for y in (0, 1)]
+    # Every split that holds samples must hold both classes; a split may be empty on purpose
+    # (an external test set imported with every patient assigned to test).
+    required = [f"{s}:{y}" for s in SPLITS if (all_stats["split"] == s).any() for y in (0, 1)]
     write_quarantine(storage, run_id, items)  # before the check that may stop the build
     tensor_result = validate(
         all_stats,
@@ -301,7 +316,14 @@ def build_dataset(
             "shape": list(tensor_shape(settings.preprocess)),
             "dtype": settings.dataset.tensor_dtype,
         },
-        "splits": {"fractions": list(fractions), "method": "HMAC-SHA256 of the patient pseudonym"},
+        "splits": {
+            "fractions": list(fractions),
+            "method": "HMAC-SHA256 of the patient pseudonym, unless labels.csv assigns one",
+            "assigned_patients": int(
+                labelled.loc[labelled["split_assigned"], "patient_id"].nunique()
+            ),
+            "batches": settings.dataset.batches,
+        },
         "contracts": {
             c.contract.name: {
                 **c.contract.describe(),

@@ -1,14 +1,20 @@
 """Evaluation: a model version measured on a dataset version's test split, with CIs.
 
-    lungcls evaluate [--model NAME] [--version N | champion] [--dataset NAME --dataset-version D]
+    lungcls evaluate [--name NAME] [--model N | champion] [--dataset NAME --dataset-version D]
 
-The operating point is chosen on the validation split (the highest threshold reaching
-`evaluation.target_sensitivity`) and applied unchanged to test; metrics are reported at 0.5
+The operating point is chosen on the validation split so that it reaches
+`evaluation.target_sensitivity` on new patients too (`robust_operating_point`: in
+`operating_point_confidence` of patient-bootstrap resamples of val) and applied unchanged to
+test; metrics are reported at 0.5
 and at that point, each with a patient-level bootstrap 95 % interval, plus a subgroup table
 (manufacturer, slice-thickness band, nodule-diameter band). Everything lands in
 `models/<name>/v<N>/evaluations/<dataset>-v<D>/`: per-sample scores, PNG plots, report.md,
 a self-contained report.html, and report.json written last (the evaluation's commit point).
 Inputs are immutable, so an existing report is reused unless `force`.
+
+A dataset other than the model's own (say, another batch imported the same way and built as
+`--dataset heldout`) is scored whole, minus anything the model trained or validated on, with
+the calibration and operating point of the model's own evaluation: nothing is refitted.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ from lungcls.metrics import (
     binary_metrics,
     bootstrap_intervals,
     operating_point,
+    robust_operating_point,
     subgroup_table,
 )
 from lungcls.registry import load_model, load_record, model_dir, read_alias
 from lungcls.report import render_html, render_markdown, render_plots
-from lungcls.shards import iter_samples, tensor_from_row
+from lungcls.shards import iter_samples, read_shard_metadata, tensor_from_row
 from lungcls.storage import Storage
 
 SCHEMA = "lungcls.evaluation/1"
@@ -189,16 +196,27 @@ def evaluate_model(
     dataset_version: int | None = None,
     force: bool = False,
 ) -> Evaluation:
-    """Evaluate a model version (default: the latest) on a dataset version's test split."""
+    """Evaluate a model version (default: the latest) on a dataset version's test split.
+
+    A dataset of another name than the model's training dataset is external (e.g. a held-out
+    image set imported as its own batch): every sample the model did not train or validate
+    on is scored, and the calibration and operating point come unchanged from the model's
+    evaluation on its own validation split, so nothing is fitted on the external data.
+    """
     storage = Storage.from_settings(settings)
     record = resolve_version(storage, name or settings.model.name, version)
-    dataset = dataset or record["dataset"]["name"]
-    manifest = load_manifest(storage, dataset, dataset_version or record["dataset"]["version"])
+    home = record["dataset"]["name"]
+    dataset = dataset or home
+    external = dataset != home
+    manifest = load_manifest(
+        storage, dataset, dataset_version or (None if external else record["dataset"]["version"])
+    )
     if manifest["preprocess"]["hash"] != record["preprocess"]["hash"]:
         raise EvaluationError(
             f"dataset {dataset} v{manifest['version']} was preprocessed differently "
             f"({manifest['preprocess']['hash']}) from the model's training data "
-            f"({record['preprocess']['hash']}): scores would be meaningless"
+            f"({record['preprocess']['hash']}): scores would be meaningless; build it with "
+            "the model's preprocessing settings"
         )
     folder = evaluation_dir(record, dataset, manifest["version"])
     if storage.exists(f"{folder}/report.json") and not force:
@@ -206,30 +224,15 @@ def evaluate_model(
         return Evaluation(report, folder, load_scores(storage, folder))
 
     model = load_model(storage, record)
-    val = score_split(storage, model, manifest, "val")
-    test = score_split(storage, model, manifest, "test")
-    for split, frame in (("val", val), ("test", test)):
-        if frame["label"].nunique() < 2:
-            raise EvaluationError(f"the {split} split needs both classes to be evaluated")
-    calibration = fit_calibration(val["label"].to_numpy(), val["score"].to_numpy())
-    for frame in (val, test):
-        frame["raw_score"] = frame["score"]
-        frame["score"] = calibrate(frame["raw_score"].to_numpy(), calibration)
-    target = settings.evaluation.target_sensitivity
-    threshold = operating_point(val["label"].to_numpy(), val["score"].to_numpy(), target)
-    on_val = binary_metrics(val["label"].to_numpy(), val["score"].to_numpy(), threshold)
-    op_metrics = _metrics_at(test, threshold, settings)
-    e = settings.evaluation
-    attributes = {
-        "manufacturer": list(test["manufacturer"]),
-        "slice thickness": [
-            band(v, e.slice_thickness_bands_mm, "mm") for v in test["slice_thickness_mm"]
-        ],
-        "nodule diameter": [
-            band(v, e.nodule_diameter_bands_mm, "mm") if v == v else None
-            for v in test["nodule_diameter_mm"]
-        ],
-    }
+    if external:
+        reference = evaluate_model(settings, record["name"], record["version"])
+        scoring = _external_scores(storage, model, record, manifest, reference)
+    else:
+        scoring = _own_scores(storage, model, manifest, settings)
+    frames, point = scoring.frames, scoring.operating_point
+    threshold = point["threshold"]
+    scored = frames[scoring.measured_on]
+    scope = "external: every sample the model did not see" if external else "test split"
     report = {
         "schema": SCHEMA,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -240,53 +243,161 @@ def evaluate_model(
             "trained_on": record["dataset"],
         },
         "dataset": {"name": dataset, "version": manifest["version"]},
-        "splits": {"val": _split_summary(val), "test": _split_summary(test)},
-        "calibration": calibration,
-        "operating_point": {
-            "target_sensitivity": target,
-            "threshold": threshold,
-            "chosen_on": "val",
-            "val_sensitivity": on_val["sensitivity"],
-            "val_specificity": on_val["specificity"],
-        },
-        "metrics": {"at_0.5": _metrics_at(test, 0.5, settings), "at_operating_point": op_metrics},
-        "subgroups": subgroup_table(
-            test["label"].to_numpy(), test["score"].to_numpy(), threshold, attributes
-        ),
-        "bootstrap": {
-            "rounds": e.bootstrap_rounds,
-            "seed": e.bootstrap_seed,
-            "unit": "patient",
-            "level": 0.95,
-        },
+        **({"external": scoring.facts} if external else {}),
+        "splits": {split: _split_summary(frame) for split, frame in frames.items()},
+        "calibration": scoring.calibration,
+        "operating_point": point,
         "contracts": manifest["contracts"],
         "model_card": {
             **MODEL_CARD,
-            "data": f"Trained on {record['dataset']['name']} "
-            f"v{record['dataset']['version']}; evaluated on {dataset} "
-            f"v{manifest['version']} (test split, patient-level).",
+            "data": f"Trained on {home} v{record['dataset']['version']}; evaluated on "
+            f"{dataset} v{manifest['version']} ({scope}).",
         },
     }
+    _add_metrics(report, scored, threshold, settings)
     plots = render_plots(
-        test["label"].to_numpy(),
-        test["score"].to_numpy(),
-        test["patient_id"].to_numpy(),
+        scored["label"].to_numpy(),
+        scored["score"].to_numpy(),
+        scored["patient_id"].to_numpy(),
         threshold,
-        e.bootstrap_rounds,
-        e.bootstrap_seed,
+        settings.evaluation.bootstrap_rounds,
+        settings.evaluation.bootstrap_seed,
     )
     report["plots"] = sorted(plots)
     for file_name, data in plots.items():
         storage.write_atomic(f"{folder}/{file_name}", data)
+    scores = pd.concat(list(frames.values()), ignore_index=True)
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(pd.concat([val, test]), preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pandas(scores, preserve_index=False), buffer)
     storage.write_atomic(f"{folder}/scores.parquet", buffer.getvalue())
     storage.write_atomic(f"{folder}/report.md", render_markdown(report).encode())
     storage.write_atomic(f"{folder}/report.html", render_html(report, plots).encode())
     storage.write_atomic(
         f"{folder}/report.json", json.dumps(report, indent=2, default=_json).encode()
     )
-    return Evaluation(report, folder, pd.concat([val, test], ignore_index=True))
+    return Evaluation(report, folder, scores)
+
+
+def _add_metrics(
+    report: dict[str, Any], scored: pd.DataFrame, threshold: float, settings: Settings
+) -> None:
+    """Metrics at 0.5 and at the operating point, and the subgroup table, on `scored`."""
+    e = settings.evaluation
+    attributes = {
+        "manufacturer": list(scored["manufacturer"]),
+        "slice thickness": [
+            band(v, e.slice_thickness_bands_mm, "mm") for v in scored["slice_thickness_mm"]
+        ],
+        "nodule diameter": [
+            band(v, e.nodule_diameter_bands_mm, "mm") if v == v else None
+            for v in scored["nodule_diameter_mm"]
+        ],
+    }
+    report["metrics"] = {
+        "at_0.5": _metrics_at(scored, 0.5, settings),
+        "at_operating_point": _metrics_at(scored, threshold, settings),
+    }
+    report["subgroups"] = subgroup_table(
+        scored["label"].to_numpy(), scored["score"].to_numpy(), threshold, attributes
+    )
+    report["bootstrap"] = {
+        "rounds": e.bootstrap_rounds,
+        "seed": e.bootstrap_seed,
+        "unit": "patient",
+        "level": 0.95,
+    }
+
+
+@dataclass
+class _Scoring:
+    """Calibrated scores by split, which split the metrics are measured on, and how the
+    calibration and operating point were obtained."""
+
+    frames: dict[str, pd.DataFrame]
+    measured_on: str
+    calibration: dict[str, Any]
+    operating_point: dict[str, Any]
+    facts: dict[str, Any]
+
+
+def _calibrated(frames: dict[str, pd.DataFrame], calibration: dict[str, Any]) -> None:
+    for frame in frames.values():
+        frame["raw_score"] = frame["score"]
+        frame["score"] = calibrate(frame["raw_score"].to_numpy(), calibration)
+
+
+def _own_scores(
+    storage: Storage, model: torch.nn.Module, manifest: dict[str, Any], settings: Settings
+) -> _Scoring:
+    """The model's own dataset: calibration and operating point fitted on val, measured on
+    test."""
+    frames = {split: score_split(storage, model, manifest, split) for split in ("val", "test")}
+    for split, frame in frames.items():
+        if frame["label"].nunique() < 2:
+            raise EvaluationError(f"the {split} split needs both classes to be evaluated")
+    val = frames["val"]
+    calibration = fit_calibration(val["label"].to_numpy(), val["score"].to_numpy())
+    _calibrated(frames, calibration)
+    e = settings.evaluation
+    labels, scores = val["label"].to_numpy(), val["score"].to_numpy()
+    threshold = robust_operating_point(
+        labels,
+        scores,
+        val["patient_id"].to_numpy(),
+        e.target_sensitivity,
+        e.operating_point_confidence,
+        e.bootstrap_rounds,
+        e.bootstrap_seed,
+    )
+    on_val = binary_metrics(labels, scores, threshold)
+    point = {
+        "target_sensitivity": e.target_sensitivity,
+        "threshold": threshold,
+        "chosen_on": "val",
+        "confidence": e.operating_point_confidence,
+        "val_threshold_at_target": operating_point(labels, scores, e.target_sensitivity),
+        "val_sensitivity": on_val["sensitivity"],
+        "val_specificity": on_val["specificity"],
+    }
+    return _Scoring(frames, "test", calibration, point, {})
+
+
+def _external_scores(
+    storage: Storage,
+    model: torch.nn.Module,
+    record: dict[str, Any],
+    manifest: dict[str, Any],
+    reference: Evaluation,
+) -> _Scoring:
+    """Every sample of an external dataset that the model never saw, calibrated and
+    thresholded as in `reference`, the model's evaluation on its own dataset."""
+    home = load_manifest(storage, record["dataset"]["name"], record["dataset"]["version"])
+    seen = {
+        series
+        for shard in home["shards"]
+        if shard["split"] in ("train", "val")
+        for series in read_shard_metadata(storage, shard["path"])["series_id"].to_pylist()
+    }
+    splits = sorted({s["split"] for s in manifest["shards"]})
+    frame = pd.concat([score_split(storage, model, manifest, s) for s in splits])
+    unseen = frame[~frame["series_id"].isin(seen)].sort_values("sample_id")
+    if unseen["label"].nunique() < 2:
+        raise EvaluationError(
+            f"dataset {manifest['name']} v{manifest['version']} holds {len(unseen)} samples "
+            "the model did not see, not of both classes: nothing to evaluate"
+        )
+    frames = {"external": unseen.reset_index(drop=True)}
+    calibration = reference.report["calibration"]
+    _calibrated(frames, calibration)
+    origin = reference.report["dataset"]
+    chosen_on = f"val of {origin['name']} v{origin['version']}"
+    facts = {
+        "samples_scored": len(unseen),
+        "excluded_seen_in_training": len(frame) - len(unseen),
+        "calibration_and_operating_point_from": chosen_on,
+    }
+    point = {**reference.report["operating_point"], "chosen_on": chosen_on}
+    return _Scoring(frames, "external", calibration, point, facts)
 
 
 def _json(value: Any) -> Any:

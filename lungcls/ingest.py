@@ -192,6 +192,7 @@ def _record(
     study_id = pseudonym(key, "study", first.study_uid)
     patient_id = pseudonym(key, "patient", first.patient_id)
     label = labels.lookup(series_id, study_id, patient_id) if labels else None
+    split = labels.split_for(patient_id) if labels else None
     record = SeriesRecord(
         series_id=series_id,
         study_id=study_id,
@@ -205,6 +206,7 @@ def _record(
         volume=volume.hu,
         transfer_syntax=first.transfer_syntax,
         duplicates_dropped=volume.duplicates_dropped,
+        split=split,
         ingest_run=run_id,
         **volume.metadata,
     )

@@ -6,6 +6,8 @@ Columns (header required; at least one key column and `label`):
     label                                  0/1, negative/positive (case-insensitive)
     nodule_x_mm, nodule_y_mm, nodule_z_mm  optional nodule centre, patient coordinates (LPS)
     nodule_diameter_mm                     optional
+    split                                  optional, on patient_id rows only: train, val or
+                                           test; assigns the patient's split (see splits.py)
 
 Problems never pass silently: unknown columns, bad values and rows that match no series are
 reported as quarantine items, naming the row number, never the raw identifier.
@@ -18,10 +20,11 @@ import io
 from dataclasses import dataclass
 
 from lungcls.dicom.deid import pseudonym
+from lungcls.splits import SPLITS
 
 KEY_COLUMNS = {"series_uid": "series", "study_uid": "study", "patient_id": "patient"}
 CENTRE_COLUMNS = ("nodule_x_mm", "nodule_y_mm", "nodule_z_mm")
-KNOWN_COLUMNS = {*KEY_COLUMNS, "label", *CENTRE_COLUMNS, "nodule_diameter_mm"}
+KNOWN_COLUMNS = {*KEY_COLUMNS, "label", *CENTRE_COLUMNS, "nodule_diameter_mm", "split"}
 LABEL_VALUES = {"0": 0, "1": 1, "negative": 0, "positive": 1, "benign": 0, "malignant": 1}
 
 
@@ -33,6 +36,7 @@ class Label:
     label: int
     nodule_center_xyz_mm: tuple[float, float, float] | None
     nodule_diameter_mm: float | None
+    split: str | None = None  # an assigned split; only patient rows carry one
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class BatchLabels:
             if key in self.by_key:
                 return self.by_key[key]
         return None
+
+    def split_for(self, patient_id: str) -> str | None:
+        """The split assigned to a patient, whichever row labels its series."""
+        label = self.by_key.get(patient_id)
+        return label.split if label is not None and label.level == "patient" else None
 
 
 def parse_labels(text: str, key: bytes) -> BatchLabels:
@@ -108,8 +117,27 @@ def parse_labels(text: str, key: bytes) -> BatchLabels:
         except ValueError as error:
             problems.append(LabelProblem(number, "labels_bad_value", f"bad nodule value: {error}"))
             continue
+        split = row.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            problems.append(
+                LabelProblem(number, "labels_bad_value", "split must be train, val or test")
+            )
+            continue
+        if split is not None and level != "patient":
+            # A series- or study-level split could send one patient's series to two splits.
+            problems.append(
+                LabelProblem(
+                    number,
+                    "labels_bad_value",
+                    "split can only be given on a patient_id row: all series of a patient "
+                    "share one split",
+                )
+            )
+            continue
         column = next(c for c in KEY_COLUMNS if KEY_COLUMNS[c] == level)
-        label = Label(number, pseudonym(key, level, row[column]), level, value, centre, diameter)
+        label = Label(
+            number, pseudonym(key, level, row[column]), level, value, centre, diameter, split
+        )
         earlier = next((x for x in labels if x.key == label.key), None)
         if earlier is not None:
             problems.append(

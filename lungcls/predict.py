@@ -9,7 +9,8 @@ the same code as training data: `decode_archive` (ingest's reader, checks and HU
 the dataset shards apply, so a series scores exactly as it did in evaluation. The patch is
 centred on `--center` (patient mm), else on the nodule centre in a `labels.csv` beside the
 input, else on the largest lung (the model was trained on nodule-centred patches: give a
-centre when you have one). The decision uses the operating point of the model's evaluation.
+centre when you have one); a model trained on whole slices (`crop_center: image`) takes the
+image centre. The decision uses the operating point of the model's evaluation.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Prediction:
     decision: str  # "positive" or "negative" at the threshold
     threshold: float
     threshold_source: str  # "operating point (val)" or "0.5 (no evaluation found)"
-    centre: str  # "given", "labels", "lung"
+    centre: str  # "given", "labels", "lung", or "image" (the model takes whole slices)
     model: str
     model_version: int
 
@@ -178,6 +179,8 @@ def predict_source(
     predictions = []
     for volume in decoded.volumes:
         where, how = _centre(volume, key, centre, labels)
+        if scorer.preprocess.crop_center == "image":
+            how = "image"  # whole slices: a nodule centre plays no part
         tensor = scorer.tensor(volume, where)
         (probability,) = scorer.score([tensor])
         series_id = pseudonym(key, "series", volume.first.series_uid)

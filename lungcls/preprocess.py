@@ -5,7 +5,9 @@ centred on the nodule (labels) or else on a lung -> clip to each HU window and s
 [0, 1], one channel per window. Resampling, cropping and padding are one trilinear
 `map_coordinates` call over just the voxels the patch needs, so cost and memory scale with
 the patch, not the scan; outside the scan is air (-1024 HU). 2D mode samples `shape[0]`
-axial slices through the centre and stacks them with the windows as channels.
+axial slices through the centre and stacks them with the windows as channels; with
+`crop_center: image` the patch is centred on the image instead, so a whole slice at a
+coarse `spacing_mm` becomes one tensor (image-level labels, e.g. `lungcls import-images`).
 
 Deterministic: the same series and settings give the same bytes. `config_hash` names the
 settings; a dataset version records it, and a different hash never reuses tensors.
@@ -28,9 +30,19 @@ LUNG_THRESHOLD_HU = -400.0
 MASK_STEP_MM = 4.0  # the lung mask is found on a coarse grid: cheap and good enough to aim
 
 
+# Settings added after datasets were built with this module, with the value that reproduces
+# the behaviour before them: at that value they stay out of the hash, so existing versions
+# keep their hash and their shards are reused.
+_LATER_SETTINGS = {"crop_center": "nodule"}
+
+
 def config_hash(config: PreprocessSettings) -> str:
     """A short stable name for the preprocessing settings."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    data = config.model_dump(mode="json")
+    for name, before in _LATER_SETTINGS.items():
+        if data[name] == before:
+            del data[name]
+    canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -156,8 +168,17 @@ def apply_windows(hu: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.
     return np.stack(channels).astype(np.float32)
 
 
-def crop_center_mm(row: Mapping[str, Any], volume: np.ndarray) -> np.ndarray:
-    """Where to centre the patch: the labelled nodule, else the largest lung."""
+def image_center_mm(row: Mapping[str, Any], volume: np.ndarray) -> np.ndarray:
+    """Patient position of the centre of the series' voxel grid."""
+    middle = (np.asarray(volume.shape, dtype=np.float64) - 1) / 2.0
+    return voxel_to_mm(middle, row["origin_xyz_mm"], row["orientation"], row["spacing_zyx_mm"])
+
+
+def crop_center_mm(row: Mapping[str, Any], volume: np.ndarray, how: str = "nodule") -> np.ndarray:
+    """Where to centre the patch: the labelled nodule, else the largest lung; or, with
+    `how="image"`, the centre of the image (for whole slices with image-level labels)."""
+    if how == "image":
+        return image_center_mm(row, volume)
     if row.get("nodule_center_xyz_mm") is not None:
         return np.asarray(row["nodule_center_xyz_mm"], dtype=np.float64)
     return lung_center_mm(volume, row["origin_xyz_mm"], row["orientation"], row["spacing_zyx_mm"])
@@ -167,7 +188,7 @@ def preprocess_series(
     row: Mapping[str, Any], volume: np.ndarray, config: PreprocessSettings
 ) -> np.ndarray:
     """The model input for one series (see `tensor_shape`), float32 in [0, 1]."""
-    centre = crop_center_mm(row, volume)
+    centre = crop_center_mm(row, volume, config.crop_center)
     hu = sample_patch(
         volume,
         row["origin_xyz_mm"],

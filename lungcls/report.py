@@ -296,12 +296,19 @@ def _overview(report: dict) -> _Section:
 def _operating_point(point: dict) -> _Section:
     text = f"Threshold {_number(point.get('threshold'))}"
     if "target_sensitivity" in point:
+        target, where = _number(point["target_sensitivity"], 2), point.get("chosen_on", "?")
+        if point.get("confidence"):
+            how = (
+                f": reaches sensitivity ≥ {target} in {point['confidence']:.0%} of patient "
+                f"resamples of the {where} split (the highest threshold reaching it on the "
+                f"split itself: {_number(point.get('val_threshold_at_target'))})"
+            )
+        else:
+            how = f": the highest threshold reaching sensitivity ≥ {target} on the {where} split"
         text += (
-            f": the highest threshold reaching sensitivity ≥ "
-            f"{_number(point['target_sensitivity'], 2)} on the {point.get('chosen_on', '?')} "
-            f"split (sensitivity {_number(point.get('val_sensitivity'))}, specificity "
-            f"{_number(point.get('val_specificity'))} there), then applied unchanged to the "
-            f"evaluated split."
+            f"{how}; sensitivity {_number(point.get('val_sensitivity'))}, specificity "
+            f"{_number(point.get('val_specificity'))} on validation, then applied unchanged "
+            "to the evaluated samples."
         )
     return _Section("Operating point", [text])
 

@@ -55,6 +55,7 @@ SERIES_SCHEMA = pa.schema(
         ("label_level", pa.string()),
         ("nodule_center_xyz_mm", pa.list_(pa.float64(), 3)),
         ("nodule_diameter_mm", pa.float64()),
+        ("split", pa.string()),
         ("ingest_run", pa.string()),
         ("shape", pa.list_(pa.int32(), 3)),
         (VOLUME_COLUMN, pa.large_binary()),
@@ -95,6 +96,7 @@ class SeriesRecord:
     label_level: str | None = None
     nodule_center_xyz_mm: tuple[float, float, float] | None = None
     nodule_diameter_mm: float | None = None
+    split: str | None = None  # assigned in labels.csv; None: the keyed hash decides
     ingest_run: str = ""
 
     def to_row(self) -> dict[str, object]:
@@ -141,11 +143,23 @@ def read_series_index(storage: Storage, ledger: Ledger | None = None) -> pa.Tabl
     tables = []
     for rel, ids in ledger.series_files().items():
         with storage.open(rel, "rb") as f:  # column projection: volumes are never read
-            table = pq.read_table(f, columns=METADATA_COLUMNS)
+            parquet = pq.ParquetFile(f)
+            present = [c for c in METADATA_COLUMNS if c in parquet.schema_arrow.names]
+            table = _with_all_columns(parquet.read(columns=present))
         tables.append(table.filter(pc.is_in(table["series_id"], pa.array(ids))))
     if not tables:
         return SERIES_SCHEMA.empty_table().select(METADATA_COLUMNS)
     return pa.concat_tables(tables)
+
+
+def _with_all_columns(table: pa.Table) -> pa.Table:
+    """Series files written before a column existed read it as nulls (e.g. `split`)."""
+    for name in METADATA_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(
+                SERIES_SCHEMA.field(name), pa.nulls(len(table), SERIES_SCHEMA.field(name).type)
+            )
+    return table.select(METADATA_COLUMNS)
 
 
 def iter_series(

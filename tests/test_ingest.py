@@ -184,3 +184,18 @@ def test_kill_9_mid_ingest_then_rerun_stores_each_series_once(tmp_path: Path) ->
     ids = [row["series_id"] for row in index]
     assert len(ids) == len(set(ids)) == len(scans)
     assert sorted(ids) == sorted(pseudonym(KEY, "series", s.scan.series_uid) for s in scans)
+
+
+def test_series_files_from_before_the_split_column_still_read(
+    storage: Storage, settings: Settings, batch: list[SynthScan]
+) -> None:
+    ingest(settings, progress=False)
+    ledger = Ledger.load(storage)
+    for rel in ledger.series_files():
+        with storage.open(rel, "rb") as f:
+            table = pq.read_table(f)
+        with storage.open(rel, "wb") as f:  # as an older lungcls wrote it
+            pq.write_table(table.drop_columns(["split"]), f)
+    index = read_series_index(storage, ledger)
+    assert index.num_rows == SMALL.scans
+    assert index["split"].null_count == SMALL.scans

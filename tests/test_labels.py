@@ -59,3 +59,25 @@ def test_missing_columns_make_the_file_unreadable() -> None:
 def test_partial_nodule_centre_is_a_bad_value() -> None:
     parsed = parse_labels("series_uid,label,nodule_x_mm\n1.1,1,3\n", KEY)
     assert [p.code for p in parsed.problems] == ["labels_bad_value"]
+
+
+def test_split_is_assigned_on_patient_rows_only() -> None:
+    text = (
+        "series_uid,patient_id,label,split\n"
+        ",P1,1,test\n"
+        "1.1,,0,\n"
+        "1.2,,0,val\n"  # a series-level split could divide a patient
+        ",P2,1,holdout\n"
+        ",P3,0,\n"
+    )
+    parsed = parse_labels(text, KEY)
+    assert sorted((p.row, p.code) for p in parsed.problems) == [
+        (3, "labels_bad_value"),
+        (4, "labels_bad_value"),
+    ]
+    p1, p3 = pseudonym(KEY, "patient", "P1"), pseudonym(KEY, "patient", "P3")
+    assert parsed.split_for(p1) == "test" and parsed.split_for(p3) is None
+    # A series labelled by its own row still takes its patient's split.
+    series = pseudonym(KEY, "series", "1.1")
+    assert parsed.lookup(series, "study-x", p1).level == "series"
+    assert parsed.split_for(p1) == "test"

@@ -16,6 +16,7 @@ from lungcls.metrics import (
     expected_calibration_error,
     operating_point,
     paired_auc_difference,
+    robust_operating_point,
     roc_band,
     subgroup_table,
 )
@@ -114,6 +115,27 @@ def test_operating_point_unreachable_returns_lowest_score() -> None:
     assert operating_point(np.zeros(3, dtype=int), scores, 0.9) == 0.2
     with pytest.raises(ValueError):
         operating_point(np.array([0, 1, 1]), scores, 1.5)
+
+
+def test_robust_operating_point_matches_materialised_resamples() -> None:
+    labels, scores, groups = patients(30, 4, 0.25, seed=5)
+    scores = np.round(scores, 3)
+    plain = operating_point(labels, scores, 0.95)
+    assert robust_operating_point(labels, scores, groups, 0.95, 0.0, 200, 0) == plain
+    robust = robust_operating_point(labels, scores, groups, 0.95, 0.8, 200, 0)
+    # The same rounds, drawn as explicit resamples and solved one by one.
+    points = []
+    for weights in metrics._patient_resamples(groups, labels.size, 200, 0):
+        for w in weights.astype(int):
+            index = np.repeat(np.arange(labels.size), w)
+            if labels[index].max() == 1:
+                points.append(operating_point(labels[index], scores[index], 0.95))
+    expected = min(plain, float(np.quantile(points, 0.2, method="lower")))
+    assert robust == expected and robust < plain
+    assert binary_metrics(labels, scores, robust)["sensitivity"] >= 0.95
+    # Resampled populations reach the target at the robust point at least as often as asked.
+    reached = [p >= robust for p in points]
+    assert np.mean(reached) >= 0.8
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

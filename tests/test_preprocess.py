@@ -98,3 +98,31 @@ def test_preprocess_centres_on_the_labelled_nodule() -> None:
     assert tensor[0, 2, 2, 2] == pytest.approx((50 + 1350) / 1500)
     assert tensor[0, 2, 0, 0] == pytest.approx((-850 + 1350) / 1500)
     assert np.array_equal(tensor, preprocess_series(row, volume, config))  # deterministic
+
+
+def test_whole_slice_mode_takes_the_image_centre() -> None:
+    slice_ = np.full((1, 30, 40), -1350, dtype=np.int16)
+    slice_[0, 5:25, 4:36] = np.linspace(-1000, 100, 32).astype(np.int16)
+    slice_[0, 12:18, 30:36] = -900  # an air pocket off-centre: what the lung finder aims at
+    row = {"origin_xyz_mm": (-39.0, -29.0, 0.0), "orientation": AXIAL}
+    row["spacing_zyx_mm"], row["nodule_center_xyz_mm"] = (1.0, 2.0, 2.0), (9.0, 9.0, 0.0)
+    config = PreprocessSettings(
+        mode="2d", shape=(1, 30, 40), spacing_mm=(1.0, 2.0, 2.0), crop_center="image"
+    )
+    tensor = preprocess_series(row, slice_, config)
+    # Same grid as the image: every pixel comes back, windowed (default -1350..150 HU).
+    expected = np.clip((slice_[0].astype(np.float32) + 1350) / 1500, 0, 1)
+    assert tensor.shape == (1, 30, 40) and np.allclose(tensor[0], expected, atol=1e-5)
+    nodule = preprocess_series(row, slice_, config.model_copy(update={"crop_center": "nodule"}))
+    assert not np.allclose(nodule, tensor)  # the labelled centre moves the patch
+
+
+def test_hash_of_settings_that_existed_before_is_unchanged() -> None:
+    import hashlib
+    import json
+
+    before = PreprocessSettings().model_dump(mode="json")
+    del before["crop_center"]  # what config_hash hashed before the setting existed
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(PreprocessSettings()) == digest
+    assert config_hash(PreprocessSettings(crop_center="image")) != digest

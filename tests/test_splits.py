@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from lungcls.splits import patient_split
+from lungcls.splits import SplitConflict, patient_split, patient_splits
 
 KEY = b"k" * 32
 
@@ -25,3 +25,13 @@ def test_split_is_stable_and_keyed() -> None:
 def test_bad_fractions_are_refused() -> None:
     with pytest.raises(ValueError, match="sum to 1"):
         patient_split("patient-1", KEY, (0.5, 0.2, 0.2))
+
+
+def test_assigned_splits_win_and_conflicts_are_refused() -> None:
+    series = [("patient-a", None), ("patient-a", "test"), ("patient-b", None), ("patient-c", "val")]
+    splits = patient_splits(series, KEY, (0.7, 0.15, 0.15))
+    assert splits["patient-a"] == "test"  # its unassigned series follow it
+    assert splits["patient-c"] == "val"
+    assert splits["patient-b"] == patient_split("patient-b", KEY, (0.7, 0.15, 0.15))
+    with pytest.raises(SplitConflict, match="patient-a is assigned both 'test' and 'train'"):
+        patient_splits([*series, ("patient-a", "train")], KEY, (0.7, 0.15, 0.15))
