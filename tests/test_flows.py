@@ -175,7 +175,7 @@ def test_bad_data_fails_at_once_but_storage_outages_are_retried(
     state = build_dataset_flow(
         RunParameters(config_file=str(config), root=str(tmp_path / "empty")), return_state=True
     )
-    assert state.is_failed() and "series store is empty" in str(state.message)
+    assert state.is_failed() and "run `lungcls ingest` first" in str(state.message)
     assert _task_run_counts(state.state_details.flow_run_id) == [1]
 
     # A storage outage: S3 at a port where nothing listens fails with a connection error on
