@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo test lint bench bench-real clean
+.PHONY: setup demo run test lint bench bench-real server deploy worker screenshot clean stack stack-down
 
 setup: $(STAMP)
 
@@ -23,8 +23,25 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/lungcls demo
 
+run: setup
+	$(BIN)/lungcls run
+
+# The Prefect UI: `make server` in one terminal, `make deploy` once, `make worker` in another.
+PREFECT_PORT ?= 4200
+deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+server: setup
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: setup
+	$(BIN)/prefect work-pool inspect lungcls-process >/dev/null 2>&1 || \
+		$(BIN)/prefect work-pool create lungcls-process --type process
+	$(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+worker: setup
+	$(BIN)/prefect worker start --pool lungcls-process
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12 --basetemp=$(WORK)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
@@ -38,10 +55,19 @@ bench: setup
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/flows.py
+
+# A local stack without Docker (Prefect server, S3, Ray head + worker node): infra/README.md.
+stack: setup
+	$(BIN)/python -m infra.local.stack up
+
+stack-down:
+	$(BIN)/python -m infra.local.stack down
 
 # Real CT slices (../shared/data/iq-othnccd) through import, ingest, build, train, evaluate.
 bench-real: setup
 	$(BIN)/python bench/real_iqothnccd.py --sweep
 
 clean:
+	test ! -f $(WORK)/stack/stack.json || $(BIN)/python -m infra.local.stack down
 	rm -rf lungcls-data $(WORK)

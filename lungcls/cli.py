@@ -10,12 +10,14 @@
     lungcls evaluate [--model V]        metrics with CIs, operating point, plots, report
     lungcls promote | rollback          the gated champion alias, with a logged decision
     lungcls predict PATH | --batch B    score new series with the champion
-    lungcls demo                        everything built so far, end to end, on synthetic data
+    lungcls run [--batch B] [--force]   the `retrain` Prefect flow: every stage, only what is new
+    lungcls demo                        `retrain` end to end on a synthetic batch
 
 Global options go before the subcommand: `lungcls --root s3://bucket/lungcls ingest`.
 Exit status: 0 when the command ran (quarantined input included), 2 for bad usage or
 configuration, 1 when storage or another service could not be used, 3 when the data as a
-whole breaks a contract (the build stops; nothing is published).
+whole breaks a contract (the build stops; nothing is published), 4 when a candidate was
+rejected by the promotion gate.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -381,10 +385,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from lungcls.demo import run_demo
+def _run_retrain(args: argparse.Namespace, settings: Settings, force: bool = False) -> int:
+    """The `retrain` flow in this process (Prefect's ephemeral API unless PREFECT_API_URL
+    points at a server), on the same settings the other commands read."""
+    prefect_defaults(settings)
+    if args.executor:  # the flow reads its settings again: hand the override over
+        os.environ["LUNGCLS_RAY__EXECUTOR"] = args.executor
+    from flows.parameters import RetrainParameters
+    from flows.retrain import retrain
+    from lungcls.demo import print_outcome
 
-    return run_demo(_settings(args))
+    parameters = RetrainParameters(
+        config_file=args.config, root=settings.root, batch=args.batch, force=force
+    )
+    summary = retrain(parameters)
+    print_outcome(summary)
+    return 0 if summary["outcome"] == "promoted" else 4
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_retrain(args, _settings(args), force=args.force)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lungcls.demo import DEMO_PSEUDONYM_KEY, ensure_demo_batch
+
+    if load_settings(args.config).pseudonym_key is None:
+        # Set for the flow too, which reads its settings again.
+        os.environ["LUNGCLS_PSEUDONYM_KEY"] = DEMO_PSEUDONYM_KEY
+        print("demo: pseudonyms use the public demo key (synthetic data only)")
+    settings = _settings(args)
+    ensure_demo_batch(settings)
+    args.batch = None
+    return _run_retrain(args, settings)
+
+
+def prefect_defaults(settings: Settings) -> None:
+    """Keep Prefect's state in the project's work folder, and offline, unless set already."""
+    os.environ.setdefault("PREFECT_HOME", str(Path(settings.work_dir) / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite lives here
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API starts in 7-12 s here; give busy machines more than the default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,7 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="batch output folder under the root")
     predict.add_argument("--json", action="store_true", help="print predictions as JSON")
 
-    add("demo", cmd_demo, "run every stage built so far on a fresh synthetic batch")
+    run = add(
+        "run",
+        cmd_run,
+        "run the `retrain` Prefect flow: ingest, build, train, evaluate, gate, promote "
+        "(only what new data calls for)",
+    )
+    run.add_argument("--batch", help="only this inbox batch (default: every new archive)")
+    run.add_argument(
+        "--force", action="store_true", help="train and gate even when nothing new arrived"
+    )
+
+    add("demo", cmd_demo, "the `retrain` flow end to end on a synthetic batch (made if missing)")
     return parser
 
 

@@ -61,13 +61,17 @@ def _use_project_auth_token(settings: Settings) -> None:
 
 
 def ray_temp_dir(settings: Settings) -> Path:
-    """Ray's state folder, under `work_dir`, reached through a short path.
+    """Ray's state folder, under `work_dir`, reached through a short path (see `short_path`)."""
+    return short_path(Path(settings.work_dir).resolve() / "ray")
 
-    Ray puts Unix sockets in it, and socket paths may not exceed 107 bytes; deep project or
-    test folders would. A short symbolic link in the system temp folder points at the real
-    folder, which stays inside the project.
+
+def short_path(real: Path) -> Path:
+    """`real` (created if missing), or a short symbolic link to it when its path is long.
+
+    Ray puts Unix sockets in its state folder, and socket paths may not exceed 107 bytes;
+    deep project or test folders would. A short link in the system temp folder points at the
+    real folder, which stays inside the project.
     """
-    real = Path(settings.work_dir).resolve() / "ray"
     real.mkdir(parents=True, exist_ok=True)
     if len(str(real)) <= 40:
         return real

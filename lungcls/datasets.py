@@ -103,6 +103,17 @@ def series_frame(storage: Storage, ledger: Ledger) -> pd.DataFrame:
     return frame
 
 
+def dataset_fingerprint(settings: Settings) -> str:
+    """The inputs fingerprint the next build would have (see `_fingerprint`); cheap: it reads
+    the ledger and the contracts, never a series."""
+    storage = Storage.from_settings(settings)
+    contracts = [
+        load_contract("series_metadata", settings.contracts.series_metadata_version),
+        load_contract("tensor", settings.contracts.tensor_version),
+    ]
+    return _fingerprint(Ledger.load(storage), settings, contracts)
+
+
 def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract]) -> str:
     """Everything a version is a function of; equal fingerprints mean nothing to build.
 

@@ -10,6 +10,8 @@ archives in flight. Bad input is quarantined with a reason and the run goes on.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import posixpath
 import time
@@ -214,6 +216,26 @@ def _record(
         record.nodule_center_xyz_mm = label.nodule_center_xyz_mm
         record.nodule_diameter_mm = label.nodule_diameter_mm
     return record
+
+
+def inbox_fingerprint(settings: Settings, batch: str | None = None) -> str:
+    """What an ingest run is a function of, from a listing only (ETag/mtime and size of every
+    archive and labels file, and the ingest settings): equal fingerprints, nothing to do.
+
+    The flows key their cache on it, so an unchanged inbox is not even opened again.
+    """
+    storage = Storage.from_settings(settings)
+    archives, label_files = discover_archives(storage, settings.ingest.inbox)
+    if batch is not None:
+        archives = [a for a in archives if a.batch == batch]
+        label_files = [f for f in label_files if f.path.split("/")[-2] == batch]
+    payload = {
+        "root": storage.root_url,
+        "archives": sorted((a.key, a.version_tag) for a in archives),
+        "labels": sorted((f.path, f.version_tag, f.size) for f in label_files),
+        "ingest": settings.ingest.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def ingest(

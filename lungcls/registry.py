@@ -57,6 +57,15 @@ def publish_model(
     raise RegistryError(f"could not claim a version number for model {name!r}")
 
 
+def versions_trained_on(storage: Storage, name: str, dataset: dict[str, Any]) -> list[int]:
+    """The model versions trained on a dataset version (`{"name", "version"}`), oldest first."""
+    return [
+        v
+        for v in list_model_versions(storage, name)
+        if load_record(storage, name, v)["dataset"] == dataset
+    ]
+
+
 def load_record(storage: Storage, name: str, version: int | None = None) -> dict[str, Any]:
     """A version's model.json (`None`: the latest)."""
     record = read_marker(storage, f"models/{name}", RECORD, version)

@@ -42,17 +42,24 @@ class ObjectInfo:
     version_tag: str  # ETag on S3, mtime (ns) elsewhere: changes whenever the bytes may have
 
 
+def fsspec_options(root: str, s3_endpoint_url: str | None = None) -> dict[str, Any]:
+    """The fsspec options for a root (also handed to other fsspec users, such as Prefect's
+    result storage, so that everything reaches the same endpoint the same way)."""
+    options: dict[str, Any] = {}
+    if root.startswith(("s3://", "s3a://")):
+        # Region comes from AWS_DEFAULT_REGION; region_name in client_kwargs breaks moto.
+        if s3_endpoint_url:
+            options["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
+        options["cache_regions"] = False
+    return options
+
+
 class Storage:
     """A storage root and the operations lungcls needs on it."""
 
     def __init__(self, root: str, s3_endpoint_url: str | None = None) -> None:
-        options: dict[str, Any] = {}
-        if root.startswith(("s3://", "s3a://")):
-            # Region comes from AWS_DEFAULT_REGION; region_name in client_kwargs breaks moto.
-            if s3_endpoint_url:
-                options["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
-            options["cache_regions"] = False
-        self.fs, root_path = fsspec.core.url_to_fs(root, **options)
+        self.fsspec_options = fsspec_options(root, s3_endpoint_url)
+        self.fs, root_path = fsspec.core.url_to_fs(root, **self.fsspec_options)
         self.root_path = root_path.rstrip("/")
         self.root_url = root if "://" in root else self.fs.unstrip_protocol(self.root_path)
         self.is_local = isinstance(self.fs, LocalFileSystem)

@@ -391,9 +391,12 @@ def train_model(
     settings: Settings,
     dataset: str | None = None,
     version: int | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
 ) -> TrainResult:
-    """Train on a dataset version and publish the best epoch as a new model version."""
+    """Train on a dataset version and publish the best epoch as a new model version.
+
+    `resume`: True continues the latest unfinished run, a run id continues that run.
+    """
     started = time.monotonic()
     storage = Storage.from_settings(settings)
     manifest = load_manifest(storage, dataset or settings.dataset.name, version)
@@ -450,23 +453,46 @@ def _finite(value: float) -> float:
     return value if value == value else -1.0  # NaN (one-class val split) ranks last
 
 
+def unfinished_runs(storage: Storage, dataset: dict[str, Any] | None = None) -> list[str]:
+    """Training runs that started and never finished (killed, crashed), newest first;
+    with `dataset`, only those on that dataset version."""
+    runs = []
+    for info in reversed(storage.list_files(TRAIN_RUNS)):
+        if info.path.endswith("/train.json"):
+            run = json.loads(storage.read_bytes(info.path))
+            if run.get("status") == "running" and dataset in (None, run["dataset"]):
+                runs.append(run["run_id"])
+    return runs
+
+
+def resumable_run(storage: Storage, settings: Settings, dataset: dict[str, Any]) -> str | None:
+    """The newest unfinished run on `dataset` with these very training and model settings
+    (its checkpoints fit, and finishing it is what a new run would do), if any."""
+    for run_id in unfinished_runs(storage, dataset):
+        run = _read_run(storage, run_id)
+        if run["train"] == settings.train.model_dump() and run["model"] == (
+            settings.model.model_dump()
+        ):
+            return run_id
+    return None
+
+
 def _run_identity(
-    storage: Storage, settings: Settings, dataset: dict[str, Any], resume: bool
+    storage: Storage, settings: Settings, dataset: dict[str, Any], resume: bool | str
 ) -> tuple[str, Settings, dict[str, Any]]:
-    """A new run, or with `resume` the latest unfinished one: its own model, training
-    settings and dataset version win, so the restored checkpoints fit."""
+    """A new run, or with `resume` an unfinished one: its own model, training settings and
+    dataset version win, so the restored checkpoints fit."""
     if resume:
-        for info in reversed(storage.list_files(TRAIN_RUNS)):
-            if info.path.endswith("/train.json"):
-                run = json.loads(storage.read_bytes(info.path))
-                if run.get("status") == "running":
-                    log.info("resuming training run %s", run["run_id"])
-                    update = {
-                        "train": TrainSettings(**run["train"]),
-                        "model": ModelSettings(**run["model"]),
-                    }
-                    return run["run_id"], settings.model_copy(update=update), run["dataset"]
-        raise TrainError("no unfinished training run to resume")
+        candidates = unfinished_runs(storage)
+        if resume is not True:
+            candidates = [r for r in candidates if r == resume]
+        if not candidates:
+            which = "" if resume is True else f" {resume}"
+            raise TrainError(f"no unfinished training run{which} to resume")
+        run = _read_run(storage, candidates[0])
+        log.info("resuming training run %s", run["run_id"])
+        update = {"train": TrainSettings(**run["train"]), "model": ModelSettings(**run["model"])}
+        return run["run_id"], settings.model_copy(update=update), run["dataset"]
     run_id = new_run_id("train")
     record = {
         "run_id": run_id,

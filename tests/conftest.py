@@ -10,11 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,18 +20,29 @@ import pytest
 
 from lungcls.config import Settings
 from lungcls.storage import Storage
-from tests.support import make_settings
+from tests.support import free_port, make_settings, start_server
+
+_HOME: Path | None = None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = tmp_path_factory.mktemp("home")
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every tool's state at a folder of this session's, before any test module is
+    imported: Prefect resolves its home when first imported, and test modules import flows."""
+    global _HOME
+    _HOME = Path(tempfile.mkdtemp(prefix="lungcls-tests-"))
+    os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite lives here
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("MPLCONFIGDIR", str(_HOME / "matplotlib"))
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("LUNGCLS_ROOT", "LUNGCLS_CONFIG", "LUNGCLS_PSEUDONYM_KEY", "RAY_ADDRESS"):
         os.environ.pop(name, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HOME is not None:
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture
@@ -47,39 +55,22 @@ def storage(settings: Settings) -> Storage:
     return Storage.from_settings(settings)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real moto S3 server on 127.0.0.1; yields its endpoint URL."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     assert server, "moto_server not installed: `make setup` installs moto[server]"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    process = start_server(
+        [server, "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/", log, 30
     )
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
     yield endpoint
     os.kill(process.pid, signal.SIGTERM)
     process.wait(timeout=10)
-    log.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from lungcls.config import Settings
@@ -71,3 +72,113 @@ def train_in_process(settings: Settings, steps: int, seed: int = 0) -> int:
     return publish_model(
         storage, settings.model.name, serialise_model(model, record["tensor_shape"]), record
     )
+
+
+# A pipeline small enough for flow tests: 16³ patches, a narrow CNN, a few epochs, and gates
+# that any model that learned something passes (the gates themselves are tested elsewhere).
+FLOW_SCANS = {
+    "slices": 20,
+    "rows": 64,
+    "columns": 64,
+    "pixel_spacing_mm": 5.6,
+    "slice_spacing_mm": 5.0,
+}
+FLOW_CONFIG: dict[str, object] = {
+    "pseudonym_key": TEST_KEY,
+    "contracts": {"max_pixel_spacing_mm": 6.0},
+    "preprocess": {"shape": [16, 16, 16], "spacing_mm": [2.5, 2.5, 2.5]},
+    "model": {"width": 8, "depth": 2},
+    "train": {
+        "epochs": 4,
+        "batch_size": 8,
+        "learning_rate": 0.003,
+        "warmup_epochs": 1,
+        "early_stopping_patience": 100,
+    },
+    "evaluation": {"bootstrap_rounds": 200},
+    "promotion": {
+        "min_sensitivity": 0.0,
+        "min_auc_lower_ci": 0.0,
+        "max_ece": 1.0,
+        "non_inferiority_margin": 1.0,
+    },
+    "ray": {"executor": "local", "num_cpus": 2},
+}
+
+
+def write_flow_config(folder: Path, **overrides: object) -> Path:
+    """A lungcls YAML config for flow runs (flows read their settings from a file)."""
+    import yaml
+
+    config = {**FLOW_CONFIG, "work_dir": str(folder / "work"), **overrides}
+    path = folder / "lungcls.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def flow_run_artifacts(flow_run_id: object) -> dict[str, list[object]]:
+    """Every artifact of a flow run and its subflow runs, by key, read through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        runs = [flow_run_id, *(c.id for c in children)]
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=runs))
+        )
+    by_key: dict[str, list[object]] = {}
+    for artifact in found:
+        by_key.setdefault(artifact.key, []).append(artifact)
+    return by_key
+
+
+ARTIFACT_KEYS = {
+    "ingest-summary",
+    "ingest-quarantine",
+    "validation-summary",
+    "dataset-version",
+    "training-history",
+    "evaluation-report",
+    "evaluation-metrics",
+    "promotion-decision",
+    "retrain-summary",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(command: list[str], url: str, log: Path, timeout_s: float, **popen: object):
+    """Start a server process (output to `log`) and wait until `url` answers; on failure,
+    kill it and raise with the end of its log."""
+    import subprocess
+    import time
+    import urllib.request
+
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                process.wait(timeout=10)
+                message = f"{command[0]} did not start: {log.read_text()[-3000:]}"
+                raise RuntimeError(message) from None
+            time.sleep(0.3)

@@ -1,0 +1,57 @@
+"""Typed flow parameters: the Prefect UI renders them as a form with these descriptions."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from lungcls.config import Settings, load_settings
+
+
+class RunParameters(BaseModel):
+    """Where to work and with which settings (both optional: the worker's environment and
+    `lungcls.yaml` decide by default)."""
+
+    config_file: str | None = Field(
+        None,
+        description="Path to a lungcls YAML config on the worker; default: $LUNGCLS_CONFIG, "
+        "else ./lungcls.yaml, else the built-in defaults.",
+    )
+    root: str | None = Field(
+        None,
+        description="Storage root overriding the config: s3://bucket/prefix or a folder. "
+        "Credentials come from the worker's AWS environment, never from here.",
+    )
+
+    def settings(self) -> Settings:
+        overrides = {"root": self.root} if self.root else {}
+        return load_settings(self.config_file, **overrides)
+
+
+class IngestParameters(RunParameters):
+    batch: str | None = Field(
+        None, description="Ingest only inbox/<batch>/; default: every new or changed archive."
+    )
+
+
+class RetrainParameters(IngestParameters):
+    force: bool = Field(
+        False,
+        description="Train, evaluate and gate even when no new series arrived, ignoring "
+        "cached results of earlier runs.",
+    )
+
+
+class TrainParameters(RunParameters):
+    dataset_version: int | None = Field(
+        None, description="The dataset version to train on; default: the latest."
+    )
+    force: bool = Field(False, description="Train again even if a cached model exists.")
+
+
+class EvaluateParameters(RunParameters):
+    model_version: str = Field(
+        "latest",
+        description="The model version to evaluate and gate: a number, 'latest', or an alias "
+        "such as 'champion'.",
+    )
+    force: bool = Field(False, description="Evaluate again even if a report exists.")
