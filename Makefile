@@ -40,8 +40,12 @@ deploy: setup
 worker: setup
 	$(BIN)/prefect worker start --pool lungcls-process
 
+# Test processes (pytest-xdist): the suite mostly waits on servers and Ray, so more processes
+# than cores still help; each runs its own S3 server, Ray and Prefect home.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q --durations=12 --basetemp=$(WORK)/pytest
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=12 \
+		--basetemp=$(WORK)/pytest
 
 lint: setup
 	$(BIN)/ruff check .

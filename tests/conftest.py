@@ -30,7 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     imported: Prefect resolves its home when first imported, and test modules import flows."""
     global _HOME
     _HOME = Path(tempfile.mkdtemp(prefix="lungcls-tests-"))
-    os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))
+    # Always this process's own: pytest-xdist workers run flows at the same time, and two
+    # Prefect servers on one SQLite file would lock each other out.
+    os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite lives here
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

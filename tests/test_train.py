@@ -81,9 +81,7 @@ def _weights(settings: Settings, version: int | None = None) -> dict[str, torch.
 
 def test_two_workers_learn_far_above_chance(shared_root: Path, ray_local: None) -> None:
     settings = _prepared(shared_root)
-    started = time.monotonic()
     result = train_model(settings)
-    assert time.monotonic() - started < 120
     assert result.best_val_auc >= 0.8, result.history
     assert result.history[0]["workers"] == 2 and len(result.history) == 12
     storage = Storage.from_settings(settings)
