@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.processes import Service, free_ports, log_contains, spawn, wait_for
+from infra.local.processes import Service, free_ports, http_ok, log_contains, spawn, wait_for
 from lungcls.compute import short_path
 
 # Ray swaps the literals 127.0.0.1 and localhost for the address of the default route (the
@@ -86,7 +86,12 @@ def start_head(
     ]
     service = spawn("ray-head", argv, env, folder / "ray-start.log", die_with_parent)
     wait_for(lambda: log_contains(service, READY_LINE), service, "Ray head", timeout_s)
-    return RayNode(service, f"{HEAD_IP}:{gcs}", f"http://{HEAD_IP}:{dashboard}")
+    # `ray start` returns before the dashboard (and with it the state API and job
+    # submission) answers; on a loaded machine that took over a minute once. Up means both.
+    dashboard_url = f"http://{HEAD_IP}:{dashboard}"
+    auth = {"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"}
+    wait_for(lambda: http_ok(f"{dashboard_url}/api/version", auth), service, "dashboard", timeout_s)
+    return RayNode(service, f"{HEAD_IP}:{gcs}", dashboard_url)
 
 
 def start_worker(
