@@ -44,6 +44,7 @@ worker: setup
 # than cores still help; each runs its own S3 server, Ray and Prefect home.
 TEST_WORKERS ?= 2
 test: setup
+	mkdir -p $(WORK)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=12 \
 		--basetemp=$(WORK)/pytest
 
