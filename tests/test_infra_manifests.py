@@ -311,3 +311,8 @@ def test_prefect_yaml_loads_and_matches_the_image_and_the_kubernetes_worker() ->
     worker = next(doc for _, doc in DOCUMENTS if doc["kind"] == "Deployment")
     command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--pool") + 1] == pool
+    # Flow runs use the image the Kubernetes worker and the Ray nodes run.
+    image = worker["spec"]["template"]["spec"]["containers"][0]["image"]
+    for variant in ("docker", "kubernetes"):
+        pool_variables = prefect_yaml["definitions"]["work_pools"][variant]["job_variables"]
+        assert pool_variables["image"] == image, variant
