@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.local import processes
 from lungcls.config import Settings
 from lungcls.storage import Storage
 from tests.support import free_port, make_settings, start_server
@@ -65,14 +65,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     assert server, "moto_server not installed: `make setup` installs moto[server]"
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    process = start_server(
-        [server, "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/", log, 30
-    )
+    command = [server, "-H", "127.0.0.1", "-p", str(port)]
+    service = start_server("moto", command, f"{endpoint}/moto-api/", log, 30, os.environ)
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
     yield endpoint
-    os.kill(process.pid, signal.SIGTERM)
-    process.wait(timeout=10)
+    processes.stop(service)
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import socket
+from collections.abc import Mapping
 from pathlib import Path
 
+from infra.local import processes
 from lungcls.config import Settings
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -156,29 +157,18 @@ ARTIFACT_KEYS = {
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return processes.free_ports(1)[0]
 
 
-def start_server(command: list[str], url: str, log: Path, timeout_s: float, **popen: object):
-    """Start a server process (output to `log`) and wait until `url` answers; on failure,
-    kill it and raise with the end of its log."""
-    import subprocess
-    import time
-    import urllib.request
-
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return process
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                process.wait(timeout=10)
-                message = f"{command[0]} did not start: {log.read_text()[-3000:]}"
-                raise RuntimeError(message) from None
-            time.sleep(0.3)
+def start_server(
+    name: str, command: list[str], url: str, log: Path, timeout_s: float, env: Mapping[str, str]
+) -> processes.Service:
+    """Start a server in its own session (output to `log`) and wait until `url` answers; on
+    failure, stop it and raise with the end of its log. `processes.stop` stops it by PID."""
+    service = processes.spawn(name, command, env, log)
+    try:
+        processes.wait_for(lambda: processes.http_ok(url), service, url, timeout_s)
+    except RuntimeError:
+        processes.stop(service)
+        raise
+    return service

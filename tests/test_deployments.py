@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.local import processes
 from lungcls.storage import Storage
 from lungcls.synth import SynthOptions, synth_batch
 from tests.support import (
@@ -30,17 +30,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _stop(process: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it lingers: by PID, never by name."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +49,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     }
     command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     health = f"http://127.0.0.1:{port}/api/health"
-    server = start_server(command, health, home / "server.log", 120, env=env)
+    server = start_server("prefect-server", command, health, home / "server.log", 120, env)
     yield env
-    _stop(server)
+    processes.stop(server)
 
 
 def test_deploy_from_prefect_yaml_and_run_retrain_through_a_worker(
@@ -87,13 +76,9 @@ def test_deploy_from_prefect_yaml_and_run_retrain_through_a_worker(
     prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
 
     stack = contextlib.ExitStack()
-    worker_log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", "lungcls-process"],
-        env=env,
-        cwd=REPO,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
+    worker_command = [PREFECT, "worker", "start", "--pool", "lungcls-process"]
+    worker = processes.spawn(
+        "prefect-worker", worker_command, env, tmp_path / "worker.log", cwd=REPO
     )
     try:
         from prefect.client.orchestration import get_client
@@ -126,6 +111,5 @@ def test_deploy_from_prefect_yaml_and_run_retrain_through_a_worker(
         assert "promoted" in artifacts["retrain-summary"][0].data
     finally:
         stack.close()
-        _stop(worker)  # the worker before the server, as Prefect wants
-        worker_log.close()
+        processes.stop(worker)  # the worker before the server, as Prefect wants
     assert (root / "models" / "lung-nodule-cnn" / "v1" / "model.json").is_file()

@@ -56,8 +56,9 @@ def spawn(
     env: Mapping[str, str],
     log: Path,
     die_with_parent: bool = False,
+    cwd: Path | None = None,
 ) -> Service:
-    """Start `argv` as a new session, output to `log`.
+    """Start `argv` as a new session in `cwd` (default: this process's), output to `log`.
 
     `die_with_parent` asks the kernel to SIGKILL the service if this process dies first
     (tests: a killed pytest leaves no cluster behind; Ray's own processes die with their
@@ -69,6 +70,7 @@ def spawn(
         process = subprocess.Popen(
             list(argv),
             env=dict(env),
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
