@@ -126,15 +126,17 @@ def evaluation_artifacts(evaluation: dict[str, Any], storage: Storage) -> None:
         description="Evaluation report",
     )
     at_op = evaluation["metrics"]["at_operating_point"]
-    table = [
-        {
-            "metric": name,
-            "value": round(value, 4) if value == value else None,  # NaN -> empty cell
-            "95% CI low": _rounded(at_op["ci95"].get(name, [None, None])[0]),
-            "95% CI high": _rounded(at_op["ci95"].get(name, [None, None])[1]),
-        }
-        for name, value in at_op["values"].items()
-    ]
+    table = []
+    for name, value in at_op["values"].items():
+        low, high = at_op["ci95"].get(name, [None, None])
+        table.append(
+            {
+                "metric": name,
+                "value": _rounded(value),  # NaN -> empty cell
+                "95% CI low": _rounded(low),
+                "95% CI high": _rounded(high),
+            }
+        )
     create_table_artifact(
         table,
         key="evaluation-metrics",
