@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from lungcls.config import Settings
-from lungcls.datasets import build_dataset
-from lungcls.ingest import ingest
-from lungcls.storage import Storage
-from lungcls.synth import SynthOptions, synth_batch
+from lungcls.dataset.build import build_dataset
+from lungcls.ingest.run import ingest
+from lungcls.io.storage import Storage
+from lungcls.sources.synth import SynthOptions, synth_batch
 
 
 def timed_build(settings: Settings):

@@ -39,8 +39,8 @@ def main() -> None:
 
     from flows.parameters import RetrainParameters
     from flows.retrain import retrain
-    from lungcls.storage import Storage
-    from lungcls.synth import SynthOptions, synth_batch
+    from lungcls.io.storage import Storage
+    from lungcls.sources.synth import SynthOptions, synth_batch
 
     @flow
     def noop() -> None:

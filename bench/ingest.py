@@ -29,9 +29,9 @@ import numpy as np
 import pydicom
 
 from lungcls.config import Settings
-from lungcls.ingest import ingest
-from lungcls.storage import Storage
-from lungcls.synth import SynthOptions, synth_batch
+from lungcls.ingest.run import ingest
+from lungcls.io.storage import Storage
+from lungcls.sources.synth import SynthOptions, synth_batch
 
 KEY = "bench-pseudonym-key-0123456789"
 
@@ -66,7 +66,7 @@ def peak_rss_mb(root: Path, work: Path) -> float:
     code = (
         "import resource, sys\n"
         "from lungcls.config import Settings\n"
-        "from lungcls.ingest import ingest\n"
+        "from lungcls.ingest.run import ingest\n"
         f"s = Settings(root={str(root)!r}, pseudonym_key={KEY!r}, work_dir={str(work)!r},"
         " ray={'executor': 'local'})\n"
         "ingest(s, progress=False)\n"
@@ -116,7 +116,7 @@ def main() -> None:
                 ray={"executor": executor},
             )
             if executor == "ray":  # start Ray outside the timing: steady-state throughput
-                from lungcls.compute import ensure_ray
+                from lungcls.io.compute import ensure_ray
 
                 ensure_ray(settings)
             start = time.perf_counter()

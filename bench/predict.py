@@ -34,15 +34,15 @@ import numpy as np
 import torch
 
 from lungcls.config import Settings
-from lungcls.datasets import build_dataset
-from lungcls.dicom.archive import discover_archives
-from lungcls.dicom.deid import pseudonym_key
-from lungcls.ingest import decode_archive, ingest
-from lungcls.labels import parse_labels
-from lungcls.predict import Scorer, _centre, predict_batch
-from lungcls.promote import promote
-from lungcls.storage import Storage
-from lungcls.synth import SynthOptions, synth_batch
+from lungcls.dataset.build import build_dataset
+from lungcls.ingest.archive import discover_archives
+from lungcls.ingest.deid import pseudonym_key
+from lungcls.ingest.labels import parse_labels
+from lungcls.ingest.run import decode_archive, ingest
+from lungcls.io.storage import Storage
+from lungcls.predict.batch import Scorer, _center, predict_batch
+from lungcls.registry.promote import promote
+from lungcls.sources.synth import SynthOptions, synth_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support import train_in_process
@@ -75,7 +75,7 @@ def stages(settings: Settings, scorer: Scorer) -> tuple[dict[str, float], list[n
         seconds["decode_archive"] += time.perf_counter() - start
         for volume in decoded.volumes:
             start = time.perf_counter()
-            tensor = scorer.tensor(volume, _centre(volume, key, None, labels)[0])
+            tensor = scorer.tensor(volume, _center(volume, key, None, labels)[0])
             seconds["preprocess"] += time.perf_counter() - start
             start = time.perf_counter()
             scorer.score([tensor])

@@ -7,10 +7,10 @@ Writes synthetic series in four geometries (64-96 slices of 256x256 or 512x512, 
 pixels, 1-2.5 mm slices), ingests them (in-process), loads the rows from the series store,
 then times, in one process on the same int16 volumes and the default settings (1 mm
 isotropic, 48^3, lung window -1350..150 HU):
-- lungcls: `preprocess_series(row, volume, settings)`, centre finding included;
+- lungcls: `preprocess_series(row, volume, settings)`, center finding included;
 - MONAI: MetaTensor (affine from the series geometry) -> `Spacing` (1 mm, bilinear) ->
-  `ScaleIntensityRange` (-1350..150 -> 0..1, clip) -> `SpatialCrop` around the same centre
-  + `BorderPad` (air, per side, so the centre stays put); the centre is given, not timed.
+  `ScaleIntensityRange` (-1350..150 -> 0..1, clip) -> `SpatialCrop` around the same center
+  + `BorderPad` (air, per side, so the center stays put); the center is given, not timed.
 Prints JSON (samples/s of each, their ratio, MONAI's time per transform, how far the two
 outputs differ) and a one-line summary with the ratio and its goal (>= 2).
 """
@@ -37,11 +37,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from lungcls.config import PreprocessSettings, Settings
-from lungcls.ingest import ingest
-from lungcls.preprocess import AIR_HU, crop_center_mm, preprocess_series
-from lungcls.series_store import iter_series, volume_from_row
-from lungcls.storage import Storage
-from lungcls.synth import SynthOptions, synth_batch
+from lungcls.dataset.preprocess import AIR_HU, crop_center_mm, preprocess_series
+from lungcls.ingest.run import ingest
+from lungcls.ingest.series_store import iter_series, volume_from_row
+from lungcls.io.storage import Storage
+from lungcls.sources.synth import SynthOptions, synth_batch
 
 KEY = "bench-pseudonym-key-0123456789"
 # (slices, rows = columns, pixel spacing mm, slice spacing mm)
@@ -65,8 +65,8 @@ class MonaiChain:
     """The MONAI transforms, timed one by one (seconds summed over calls)."""
 
     def __init__(self, config: PreprocessSettings) -> None:
-        (centre, width), self.shape = config.windows[0], np.asarray(config.shape)
-        low = centre - width / 2.0
+        (center, width), self.shape = config.windows[0], np.asarray(config.shape)
+        low = center - width / 2.0
         self.spacing = Spacing(pixdim=config.spacing_mm, mode="bilinear", padding_mode="border")
         self.scale = ScaleIntensityRange(
             a_min=low, a_max=low + width, b_min=0.0, b_max=1.0, clip=True
@@ -85,7 +85,7 @@ class MonaiChain:
         return now
 
     def __call__(
-        self, volume: np.ndarray, affine: np.ndarray, centre_xyz: np.ndarray
+        self, volume: np.ndarray, affine: np.ndarray, center_xyz: np.ndarray
     ) -> torch.Tensor:
         t = time.perf_counter()
         image = MetaTensor(
@@ -96,10 +96,10 @@ class MonaiChain:
         t = self._tick("Spacing", t)
         image = self.scale(image)
         t = self._tick("ScaleIntensityRange", t)
-        # The patch's voxel centres sit at centre +- (n-1)/2 steps: start at the nearest voxel.
+        # The patch's voxel centers sit at center +- (n-1)/2 steps: start at the nearest voxel.
         new_affine = np.asarray(image.affine, dtype=np.float64)
-        centre = (np.linalg.inv(new_affine) @ np.append(centre_xyz, 1.0))[:3]
-        start = np.rint(centre - (self.shape - 1) / 2.0).astype(int)
+        center = (np.linalg.inv(new_affine) @ np.append(center_xyz, 1.0))[:3]
+        start = np.rint(center - (self.shape - 1) / 2.0).astype(int)
         end = start + self.shape
         size = np.asarray(image.shape[1:])
         image = SpatialCrop(roi_start=np.clip(start, 0, size), roi_end=np.clip(end, 0, size))(image)
@@ -144,12 +144,12 @@ def main() -> None:
         print(f"writing and ingesting {args.per_geometry * len(GEOMETRIES)} synthetic series…")
         rows = make_rows(Path(tmp), args.per_geometry)
     volumes = [volume_from_row(r) for r in rows]
-    centres = [crop_center_mm(r, v) for r, v in zip(rows, volumes, strict=True)]
+    centers = [crop_center_mm(r, v) for r, v in zip(rows, volumes, strict=True)]
     affines = [affine_kji(r) for r in rows]
     chain = MonaiChain(config)
 
     preprocess_series(rows[0], volumes[0], config)  # warm-up (imports, caches)
-    chain(volumes[0], affines[0], centres[0])
+    chain(volumes[0], affines[0], centers[0])
     chain.seconds = dict.fromkeys(chain.seconds, 0.0)
 
     start = time.perf_counter()
@@ -158,7 +158,7 @@ def main() -> None:
     ours_s = (time.perf_counter() - start) / args.repeats
 
     start = time.perf_counter()
-    theirs = [chain(v, a, c) for v, a, c in zip(volumes, affines, centres, strict=True)]
+    theirs = [chain(v, a, c) for v, a, c in zip(volumes, affines, centers, strict=True)]
     monai_s = time.perf_counter() - start
 
     diffs = [float(np.abs(o - t.numpy()).mean()) for o, t in zip(ours, theirs, strict=True)]

@@ -3,7 +3,7 @@
     .venv/bin/python bench/real_iqothnccd.py [--data ../shared/data/iq-othnccd]
         [--test-range 0.8:1] [--sweep] [--epochs 30] [--size 128] [--keep]
 
-`lungcls.images.import_images` turns the class folders into one inbox batch (malignant = 1;
+`lungcls.sources.images.import_images` turns the class folders into one inbox batch (malignant = 1;
 benign, normal = 0; groups of 10 consecutive case numbers per class = one pseudonymous
 patient; per class, the groups in `--test-range` of the case-number order are test, and 15 %
 of the groups spread over the rest are validation). Then the functions the `retrain` flow's
@@ -36,16 +36,16 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcls.config import Settings
-from lungcls.datasets import build_dataset, load_manifest
-from lungcls.evaluate import evaluate_model
-from lungcls.images import ImportOptions, import_images, nominal_rescale
-from lungcls.ingest import ingest
-from lungcls.metrics import bootstrap_intervals, paired_auc_difference
-from lungcls.promote import promote
-from lungcls.series_store import iter_series, volume_from_row
-from lungcls.shards import iter_samples, tensor_from_row
-from lungcls.storage import Storage
-from lungcls.train import train_model
+from lungcls.dataset.build import build_dataset, load_manifest
+from lungcls.dataset.shards import iter_samples, tensor_from_row
+from lungcls.evaluate.evaluation import evaluate_model
+from lungcls.evaluate.metrics import bootstrap_intervals, paired_auc_difference
+from lungcls.ingest.run import ingest
+from lungcls.ingest.series_store import iter_series, volume_from_row
+from lungcls.io.storage import Storage
+from lungcls.registry.promote import promote
+from lungcls.sources.images import ImportOptions, import_images, nominal_rescale
+from lungcls.train.trainer import train_model
 
 BATCH = "iq-othnccd"
 FOV_MM = 360.0

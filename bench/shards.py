@@ -34,13 +34,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from lungcls.compute import ensure_ray
 from lungcls.config import Settings
-from lungcls.datasets import build_dataset, load_manifest
-from lungcls.ingest import ingest
-from lungcls.shards import TENSOR_COLUMN, Sample, iter_samples, write_shard
-from lungcls.storage import Storage
-from lungcls.synth import SynthOptions, synth_batch
+from lungcls.dataset.build import build_dataset, load_manifest
+from lungcls.dataset.shards import TENSOR_COLUMN, Sample, iter_samples, write_shard
+from lungcls.ingest.run import ingest
+from lungcls.io.compute import ensure_ray
+from lungcls.io.storage import Storage
+from lungcls.sources.synth import SynthOptions, synth_batch
 
 KEY = "bench-pseudonym-key-0123456789"
 BATCH = 32

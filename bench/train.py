@@ -41,13 +41,13 @@ from typing import Any
 import ray
 import torch
 
-from lungcls.compute import ensure_ray
 from lungcls.config import Settings
-from lungcls.datasets import build_dataset
-from lungcls.ingest import ingest
-from lungcls.storage import Storage
-from lungcls.synth import SynthOptions, synth_batch
-from lungcls.train import train_model
+from lungcls.dataset.build import build_dataset
+from lungcls.ingest.run import ingest
+from lungcls.io.compute import ensure_ray
+from lungcls.io.storage import Storage
+from lungcls.sources.synth import SynthOptions, synth_batch
+from lungcls.train.trainer import train_model
 
 KEY = "bench-pseudonym-key-0123456789"
 WAIT_GOAL = 0.05

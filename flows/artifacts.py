@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lungcls.storage import Storage
+from lungcls.io.storage import Storage
 
 
 def _rows(table: list[dict[str, Any]], empty: str) -> list[dict[str, Any]]:

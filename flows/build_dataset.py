@@ -11,8 +11,8 @@ from flows.artifacts import dataset_artifacts
 from flows.common import content_key, run_stage, stage_task
 from flows.parameters import RunParameters
 from lungcls.config import Settings
-from lungcls.datasets import build_dataset, dataset_fingerprint
-from lungcls.storage import Storage
+from lungcls.dataset.build import build_dataset, dataset_fingerprint
+from lungcls.io.storage import Storage
 
 
 def _dataset_key(settings: Settings) -> str:

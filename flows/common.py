@@ -15,7 +15,7 @@ from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 
 from lungcls.config import Settings
 from lungcls.errors import is_transient
-from lungcls.storage import Storage
+from lungcls.io.storage import Storage
 
 RESULTS_DIR = "prefect-results"
 RETRIES = 3

@@ -12,10 +12,10 @@ from flows.artifacts import evaluation_artifacts, promotion_artifacts
 from flows.common import content_key, run_stage, stage_task
 from flows.parameters import EvaluateParameters
 from lungcls.config import Settings
-from lungcls.evaluate import evaluate_model, resolve_version
-from lungcls.promote import promote
-from lungcls.registry import model_dir
-from lungcls.storage import Storage
+from lungcls.evaluate.evaluation import evaluate_model, resolve_version
+from lungcls.io.storage import Storage
+from lungcls.registry.promote import promote
+from lungcls.registry.store import model_dir
 
 
 def _evaluation_key(settings: Settings, version: int, force: bool) -> str:

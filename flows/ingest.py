@@ -11,8 +11,8 @@ from flows.artifacts import ingest_artifacts
 from flows.common import content_key, run_stage, stage_task
 from flows.parameters import IngestParameters
 from lungcls.config import Settings
-from lungcls.ingest import inbox_fingerprint, ingest
-from lungcls.storage import Storage
+from lungcls.ingest.run import inbox_fingerprint, ingest
+from lungcls.io.storage import Storage
 
 
 def _ingest_key(settings: Settings, batch: str | None) -> str:

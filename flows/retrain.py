@@ -24,8 +24,8 @@ from flows.parameters import (
     TrainParameters,
 )
 from flows.train import train_flow
-from lungcls.registry import read_decisions, versions_trained_on
-from lungcls.storage import Storage
+from lungcls.io.storage import Storage
+from lungcls.registry.store import read_decisions, versions_trained_on
 
 
 @flow(name="retrain", log_prints=True)

@@ -11,9 +11,9 @@ from flows.artifacts import training_artifacts
 from flows.common import content_key, run_stage, stage_task
 from flows.parameters import TrainParameters
 from lungcls.config import Settings
-from lungcls.datasets import load_manifest, version_dir
-from lungcls.storage import Storage
-from lungcls.train import resumable_run, train_model
+from lungcls.dataset.build import load_manifest, version_dir
+from lungcls.io.storage import Storage
+from lungcls.train.trainer import resumable_run, train_model
 
 
 def _train_key(settings: Settings, dataset: dict[str, Any]) -> str:

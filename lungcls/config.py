@@ -90,12 +90,12 @@ class PreprocessSettings(BaseModel):
         (48, 48, 48), description="Target shape (z, y, x); 2D: (slices, rows, columns)."
     )
     windows: list[tuple[float, float]] = Field(
-        [(-600.0, 1500.0)], description="(centre, width) HU windows, one channel each."
+        [(-600.0, 1500.0)], description="(center, width) HU windows, one channel each."
     )
     crop_center: Literal["nodule", "image"] = Field(
         "nodule",
-        description="Where the patch is centred: the labelled nodule, else the largest lung; "
-        "or the centre of the image (whole slices with image-level labels).",
+        description="Where the patch is centered: the labelled nodule, else the largest lung; "
+        "or the center of the image (whole slices with image-level labels).",
     )
 
 

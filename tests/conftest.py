@@ -19,7 +19,7 @@ import pytest
 
 from infra.local import processes
 from lungcls.config import Settings
-from lungcls.storage import Storage
+from lungcls.io.storage import Storage
 from tests.support import free_port, make_settings, start_server
 
 _HOME: Path | None = None

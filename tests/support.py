@@ -28,8 +28,8 @@ def small_ct_series(index: int, n_slices: int = 4, size: int = 16, seed: int = 7
     """A tiny but complete CT series (pydicom datasets) with fake identifiers."""
     import numpy as np
 
-    from lungcls.phantom import centered_geometry
-    from lungcls.synth import SCANNERS, ct_datasets, fake_identity, scan_identity
+    from lungcls.sources.phantom import centered_geometry
+    from lungcls.sources.synth import SCANNERS, ct_datasets, fake_identity, scan_identity
 
     rng = np.random.default_rng([seed, index])
     geometry = centered_geometry((n_slices, size, size), (2.0, 1.5, 1.5))
@@ -45,12 +45,12 @@ def train_in_process(settings: Settings, steps: int, seed: int = 0) -> int:
     import numpy as np
     import torch
 
-    from lungcls.datasets import load_manifest
-    from lungcls.models import build_model
-    from lungcls.registry import publish_model, serialise_model
-    from lungcls.shards import iter_samples, tensor_from_row
-    from lungcls.storage import Storage
-    from lungcls.train import model_record
+    from lungcls.dataset.build import load_manifest
+    from lungcls.dataset.shards import iter_samples, tensor_from_row
+    from lungcls.io.storage import Storage
+    from lungcls.registry.store import publish_model, serialise_model
+    from lungcls.train.models import build_model
+    from lungcls.train.trainer import model_record
 
     storage = Storage.from_settings(settings)
     manifest = load_manifest(storage, settings.dataset.name)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lungcls.config import ConfigError, Settings, load_settings
-from lungcls.dicom.deid import LOCAL_KEY_PATH, pseudonym_key
-from lungcls.storage import Storage
+from lungcls.ingest.deid import LOCAL_KEY_PATH, pseudonym_key
+from lungcls.io.storage import Storage
 
 
 def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

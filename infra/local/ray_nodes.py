@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.processes import Service, free_ports, http_ok, log_contains, spawn, wait_for
-from lungcls.compute import short_path
+from lungcls.io.compute import short_path
 
 # Ray swaps the literals 127.0.0.1 and localhost for the address of the default route (the
 # interface other machines would reach); any other loopback address it keeps as given.

@@ -1,0 +1,296 @@
+"""`lungcls synth | import-images | ingest | dataset`: data into the inbox, the series store
+and dataset versions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lungcls.cli.common import Commands, add_command, print_counts, settings_from
+from lungcls.config import ConfigError
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from lungcls.io.storage import Storage
+    from lungcls.sources.synth import SynthOptions, synth_batch
+
+    settings = settings_from(args)
+    options = SynthOptions(
+        scans=args.scans,
+        positive_fraction=args.positive_fraction,
+        slices=args.slices,
+        rows=args.rows,
+        columns=args.columns,
+        pixel_spacing_mm=args.pixel_spacing,
+        slice_spacing_mm=args.slice_spacing,
+        noise_hu=args.noise,
+        mode=args.mode,
+        unlabelled_fraction=args.unlabelled_fraction,
+        seed=args.seed,
+    )
+    storage = Storage.from_settings(settings)
+    scans = synth_batch(storage, args.batch, options)
+    archives = sorted({s.archive for s in scans})
+    positives = sum(s.label == 1 for s in scans)
+    print(
+        f"wrote {len(scans)} synthetic scans ({positives} positive) in {len(archives)} archives "
+        f"to {storage.url(f'{settings.ingest.inbox}/{args.batch}')}"
+    )
+    return 0
+
+
+def _pair(text: str, separator: str, option: str) -> tuple[float, float]:
+    try:
+        first, second = (float(v) for v in text.split(separator))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected two numbers as A{separator}B") from None
+    return first, second
+
+
+def cmd_import_images(args: argparse.Namespace) -> int:
+    from lungcls.io.storage import Storage
+    from lungcls.sources.images import ImportOptions, import_images
+
+    settings = settings_from(args)
+    options = ImportOptions(
+        positive=tuple(c.strip() for c in args.positive.split(",") if c.strip()),
+        group_size=args.group_size,
+        window=_pair(args.window, ",", "--window"),
+        fov_mm=args.fov_mm,
+        slice_thickness_mm=args.slice_thickness_mm,
+        test_range=_pair(args.test_range, ":", "--test-range") if args.test_range else None,
+        val_fraction=args.val_fraction,
+        val_blocks=args.val_blocks,
+        gap_groups=args.gap_groups,
+    )
+    storage = Storage(args.out or settings.root, settings.s3_endpoint_url)
+    result = import_images(
+        args.source, storage, args.batch, options, settings.ingest.inbox, settings.s3_endpoint_url
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(
+        f"{result.run_id}: {result.images} images as {result.patients} pseudonymous patients "
+        f"in {result.archives} archives, {len(result.quarantined)} refused; batch at "
+        f"{result.batch_url}; report {storage.url(result.report)}"
+    )
+    for name, entry in result.classes.items():
+        print(
+            f"  class {name:<12} label {entry['label']}  {entry['images']:>5} images  "
+            f"{entry['patients']:>4} patients"
+        )
+    if result.splits:
+        print_counts(result.splits)
+    for item in result.quarantined:
+        print(f"  refused {item['member']}: {item['code']}: {item['message']}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from lungcls.ingest.run import ingest
+
+    settings = settings_from(args)
+    summary = ingest(settings, batch=args.batch, progress=None if not args.json else False)
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0
+    print(
+        f"{summary.run_id}: {summary.archives_seen} archives seen, "
+        f"{summary.archives_ingested} ingested, {summary.archives_skipped} skipped, "
+        f"{summary.archives_rejected} rejected; {summary.series_ingested} series ingested, "
+        f"{summary.series_quarantined} series and {summary.files_quarantined} files quarantined "
+        f"({summary.seconds:.1f} s)"
+    )
+    for item in summary.quarantined:
+        where = item.get("member") or item.get("series_id") or item.get("row") or ""
+        print(f"  quarantined {item['level']} {where}: {item['code']}: {item['message']}")
+    return 0
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from lungcls.dataset.build import build_dataset
+
+    settings = settings_from(args)
+    if args.batch:
+        settings.dataset.batches = args.batch
+    result = build_dataset(settings, name=args.name, progress=None if not args.json else False)
+    if args.json:
+        print(json.dumps(vars(result), indent=2))
+        return 0
+    if not result.created:
+        print(f"dataset {result.name} v{result.version} is up to date: no new data, no new version")
+        return 0
+    print(
+        f"dataset {result.name} v{result.version}: {result.preprocessed} series preprocessed, "
+        f"{result.reused_shards} shards reused, {len(result.quarantined)} quarantined "
+        f"({result.seconds:.1f} s); manifest {result.manifest_path}"
+    )
+    print_counts(result.counts)
+    for item in result.quarantined:
+        print(f"  quarantined {item.get('series_id', '')}: {item['code']}: {item['message']}")
+    return 0
+
+
+def cmd_dataset_list(args: argparse.Namespace) -> int:
+    from lungcls.dataset.build import list_versions, load_manifest
+    from lungcls.io.storage import Storage
+
+    settings = settings_from(args)
+    storage = Storage.from_settings(settings)
+    name = args.name or settings.dataset.name
+    versions = list_versions(storage, name)
+    if not versions:
+        print(f"dataset {name}: no versions yet (lungcls dataset build)")
+    for version in versions:
+        m = load_manifest(storage, name, version)
+        contracts = ", ".join(
+            f"{c['name']} {c['version']} ({c['rows_rejected']} rejected)"
+            for c in m["contracts"].values()
+        )
+        splits = " ".join(f"{s}={sum(c.values())}" for s, c in m["counts"].items())
+        print(
+            f"{name} v{version}: {m['samples']} samples ({splits}); parent "
+            f"{m['parent'] or '-'}; preprocess {m['preprocess']['hash']}; {contracts}"
+        )
+    return 0
+
+
+def cmd_dataset_show(args: argparse.Namespace) -> int:
+    from lungcls.dataset.build import load_manifest
+    from lungcls.io.storage import Storage
+
+    settings = settings_from(args)
+    manifest = load_manifest(
+        Storage.from_settings(settings), args.name or settings.dataset.name, args.version
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    print(f"dataset {manifest['name']} v{manifest['version']} (parent {manifest['parent'] or '-'})")
+    print(
+        f"  tensor {manifest['tensor']['shape']} {manifest['tensor']['dtype']}, preprocess "
+        f"{manifest['preprocess']['hash']}: {json.dumps(manifest['preprocess']['config'])}"
+    )
+    print_counts(manifest["counts"])
+    print(f"  excluded: {manifest['excluded']}")
+    for contract in manifest["contracts"].values():
+        print(
+            f"  contract {contract['name']} {contract['version']}: "
+            f"{contract['evaluated_expectations']} expectations, {contract['rows']} rows, "
+            f"{contract['rows_rejected']} rejected"
+        )
+    print(
+        f"  {len(manifest['shards'])} shards, "
+        f"{sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def register(commands: Commands) -> None:
+    synth = add_command(
+        commands, "synth", cmd_synth, "write a synthetic batch of DICOM CT archives into the inbox"
+    )
+    synth.add_argument("--batch", default="synthetic-001", help="batch folder name under inbox/")
+    synth.add_argument("--scans", type=int, default=40, help="number of series (default 40)")
+    synth.add_argument("--positive-fraction", type=float, default=0.5, help="share of positives")
+    synth.add_argument("--slices", type=int, default=48, help="slices per series (volume mode)")
+    synth.add_argument("--rows", type=int, default=128)
+    synth.add_argument("--columns", type=int, default=128)
+    synth.add_argument("--pixel-spacing", type=float, default=2.8, help="in-plane spacing, mm")
+    synth.add_argument("--slice-spacing", type=float, default=2.5, help="slice step, mm")
+    synth.add_argument("--noise", type=float, default=20.0, help="noise standard deviation, HU")
+    synth.add_argument(
+        "--mode",
+        choices=["volume", "slice"],
+        default="volume",
+        help="3D series, or one slice through the nodule per series (2D)",
+    )
+    synth.add_argument(
+        "--unlabelled-fraction",
+        type=float,
+        default=0.0,
+        help="share of series left out of labels.csv",
+    )
+    synth.add_argument("--seed", type=int, default=0, help="same seed, byte-identical archives")
+
+    images = add_command(
+        commands,
+        "import-images",
+        cmd_import_images,
+        "turn class folders of JPEG/PNG CT slices into an inbox batch of DICOM archives",
+    )
+    images.add_argument("source", help="folder (or URL) holding one sub-folder per class")
+    images.add_argument("--batch", required=True, help="batch folder name under inbox/")
+    images.add_argument(
+        "--positive", required=True, help="class folder(s) that are label 1, comma-separated"
+    )
+    images.add_argument("--out", help="storage root to write to (default: the settings' root)")
+    images.add_argument(
+        "--group-size",
+        type=int,
+        default=10,
+        help="consecutive case numbers taken as one pseudonymous patient (default 10)",
+    )
+    images.add_argument(
+        "--window",
+        default="-600,1500",
+        help="'center,width' in HU that grey 0..255 is mapped onto (default -600,1500)",
+    )
+    images.add_argument(
+        "--fov-mm", type=float, default=360.0, help="field of view of an image's longer side"
+    )
+    images.add_argument(
+        "--slice-thickness-mm", type=float, default=1.0, help="nominal slice thickness"
+    )
+    images.add_argument(
+        "--test-range",
+        help="'A:B': groups from share A to B of each class (case-number order) go to test, "
+        "e.g. 0.8:1; default: no assigned split (keyed hash)",
+    )
+    images.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of groups assigned to val, in --val-blocks blocks spread over the rest",
+    )
+    images.add_argument(
+        "--val-blocks", type=int, default=2, help="contiguous val blocks per class (default 2)"
+    )
+    images.add_argument(
+        "--gap-groups",
+        type=int,
+        default=1,
+        help="groups left unlabelled beside each held-out block (default 1)",
+    )
+    images.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+    ingest = add_command(commands, "ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
+    ingest.add_argument("--batch", help="only this batch folder (default: every batch)")
+    ingest.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+    dataset = commands.add_parser(
+        "dataset", help="build, list and show versioned datasets", description="Dataset versions."
+    )
+    dataset_commands = dataset.add_subparsers(
+        dest="dataset_command", required=True, metavar="ACTION"
+    )
+    build = dataset_commands.add_parser(
+        "build", help="validate, preprocess and shard new series into the next version"
+    )
+    build.set_defaults(handler=cmd_dataset_build)
+    build.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    build.add_argument(
+        "--batch",
+        action="append",
+        help="only series of this inbox batch (repeatable; default: dataset.batches, or all)",
+    )
+    build.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    listing = dataset_commands.add_parser("list", help="list versions with counts and contracts")
+    listing.set_defaults(handler=cmd_dataset_list)
+    listing.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    show = dataset_commands.add_parser("show", help="show one version's manifest")
+    show.set_defaults(handler=cmd_dataset_show)
+    show.add_argument("--name", help="dataset name (default: dataset.name in the settings)")
+    show.add_argument("--version", type=int, help="version number (default: the latest)")
+    show.add_argument("--json", action="store_true", help="print the manifest as JSON")

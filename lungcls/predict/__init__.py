@@ -1,0 +1,1 @@
+"""Stage 6, predict: score new series with the champion, with saliency maps."""

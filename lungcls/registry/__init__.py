@@ -1,0 +1,1 @@
+"""Stage 5, registry: immutable model versions, aliases, decisions, the promotion gate."""

@@ -1,0 +1,158 @@
+"""A corpus with every kind of bad input: each item is quarantined with its code, the good
+series in the same archives go through, and no exception escapes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000MCLossless
+
+from lungcls.config import Settings
+from lungcls.ingest.ledger import Ledger
+from lungcls.ingest.run import IngestSummary, ingest
+from lungcls.ingest.series_store import read_series_index
+from lungcls.io.quarantine import read_quarantine
+from lungcls.io.storage import Storage
+from lungcls.sources.synth import dicom_bytes, pack_tar_gz, pack_zip
+from tests.support import small_ct_series
+
+
+def _files(datasets: list, prefix: str) -> list[tuple[str, bytes]]:
+    return [(f"{prefix}/{k:03d}.dcm", dicom_bytes(ds)) for k, ds in enumerate(datasets)]
+
+
+def build_bad_corpus(storage: Storage) -> dict[str, str]:
+    """Writes inbox/bad/; returns series UID -> what should happen to it."""
+    good_zip, good_tar = small_ct_series(1), small_ct_series(2)
+    members = _files(good_zip, "good")
+    members.append(("good/again.dcm", dicom_bytes(good_zip[2])))  # identical duplicate
+    members.append(("notes/readme.txt", b"scanned on the night shift, see the paper chart"))
+
+    gap = small_ct_series(3, n_slices=5)
+    cut = dicom_bytes(gap[2])
+    members += [m for m in _files(gap, "gap") if not m[0].endswith("002.dcm")]
+    members.append(("gap/002.dcm", cut[: len(cut) - 300]))  # truncated inside the pixels
+
+    lone = small_ct_series(4, n_slices=6)
+    del lone[0].PixelData
+    del lone[1].ImagePositionPatient
+    del lone[2].RescaleSlope
+    lone[3].Modality, lone[3].SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
+    lone[4].file_meta.TransferSyntaxUID = JPEG2000MCLossless
+    lone[4].PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
+    members += _files(lone[:5], "lone")
+
+    conflict = small_ct_series(5)
+    twin = copy.deepcopy(conflict[1])
+    twin.PixelData = np.zeros((16, 16), "<u2").tobytes()
+    members += [*_files(conflict, "conflict"), ("conflict/twin.dcm", dicom_bytes(twin))]
+
+    spacing = small_ct_series(6)
+    spacing[1].PixelSpacing = [0.9, 0.9]
+    orientation = small_ct_series(7)
+    orientation[2].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    members += _files(spacing, "spacing") + _files(orientation, "orientation")
+    members.append(("../../../etc/cron.d/escape.dcm", dicom_bytes(small_ct_series(8)[0])))
+
+    inbox = "inbox/bad"
+    storage.write_atomic(f"{inbox}/mixed.zip", pack_zip(members))
+    storage.write_atomic(f"{inbox}/good.tar.gz", pack_tar_gz(_files(good_tar, "scan")))
+    storage.write_atomic(f"{inbox}/bomb.zip", pack_zip([("zeros.dcm", bytes(4_000_000))]))
+    storage.write_atomic(f"{inbox}/empty.tar.gz", pack_tar_gz([]))
+    flood = [(f"f/{i}.dcm", b"x") for i in range(60)]
+    storage.write_atomic(f"{inbox}/flood.zip", pack_zip(flood))
+    storage.write_atomic(f"{inbox}/corrupt.zip", b"PK\x03\x04" + bytes(200))
+    labels = [
+        "series_uid,patient_id,label,comment",
+        f"{good_zip[0].SeriesInstanceUID},,1,",
+        f",{good_tar[0].PatientID},negative,",
+        "2.25.999999999,,1,",
+        f"{gap[0].SeriesInstanceUID},,maybe,",
+    ]
+    storage.write_atomic(f"{inbox}/labels.csv", ("\n".join(labels) + "\n").encode())
+    return {
+        str(good_zip[0].SeriesInstanceUID): "ingested",
+        str(good_tar[0].SeriesInstanceUID): "ingested",
+    }
+
+
+EXPECTED = {
+    ("file", "not_dicom"),
+    ("file", "truncated"),
+    ("file", "missing_pixel_data"),
+    ("file", "missing_geometry"),
+    ("file", "missing_rescale"),
+    ("file", "not_ct"),
+    ("file", "no_decoder"),
+    ("file", "unsafe_path"),
+    ("series", "slice_gap"),
+    ("series", "conflicting_duplicate_sop"),
+    ("series", "inconsistent_spacing"),
+    ("series", "inconsistent_orientation"),
+    ("archive", "archive_bomb"),
+    ("archive", "empty_archive"),
+    ("archive", "too_many_members"),
+    ("archive", "corrupt_archive"),
+    ("labels", "labels_unknown_column"),
+    ("labels", "labels_bad_value"),
+    ("labels", "labels_unmatched"),
+}
+
+
+@pytest.fixture
+def bad_settings(settings: Settings) -> Settings:
+    limits = settings.ingest.limits.model_copy(
+        update={"max_members": 50, "ratio_check_after_bytes": 1_000_000}
+    )
+    return settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"limits": limits})}
+    )
+
+
+def test_every_bad_input_is_quarantined_with_its_code(bad_settings: Settings) -> None:
+    storage = Storage.from_settings(bad_settings)
+    build_bad_corpus(storage)
+    summary: IngestSummary = ingest(bad_settings, progress=False)
+
+    found = {(item["level"], item["code"]) for item in summary.quarantined}
+    assert found == EXPECTED
+    assert summary.series_ingested == 2
+    assert summary.duplicate_files_dropped == 1
+    assert (summary.archives_ingested, summary.archives_rejected) == (2, 4)
+
+    # the records on storage say the same, with pointers to the originals
+    records = read_quarantine(storage, summary.run_id)
+    assert {(r["level"], r["code"]) for r in records} == EXPECTED
+    for record in records:
+        assert record["source_url"].startswith(storage.url("inbox/bad"))
+        assert record["message"]
+    truncated = next(r for r in records if r["code"] == "truncated")
+    assert truncated["member"] == "gap/002.dcm" and len(truncated["sha256"]) == 64
+    unmatched = next(r for r in records if r["code"] == "labels_unmatched")
+    assert unmatched["row"] == 3 and "2.25.999999999" not in json.dumps(unmatched)
+
+    index = read_series_index(storage).to_pylist()
+    assert sorted(r["label"] for r in index) == [0, 1]
+    assert sorted(r["label_level"] for r in index) == ["patient", "series"]
+    rejected = {e.archive.rsplit("/", 1)[-1]: e.reason_code for e in Ledger.load(storage).entries}
+    assert rejected == {
+        "bomb.zip": "archive_bomb",
+        "corrupt.zip": "corrupt_archive",
+        "empty.tar.gz": "empty_archive",
+        "flood.zip": "too_many_members",
+        "good.tar.gz": "",
+        "mixed.zip": "",
+    }
+
+
+def test_rejected_archives_are_not_retried(bad_settings: Settings, tmp_path: Path) -> None:
+    storage = Storage.from_settings(bad_settings)
+    build_bad_corpus(storage)
+    ingest(bad_settings, progress=False)
+    again = ingest(bad_settings, progress=False)
+    assert (again.archives_skipped, again.bytes_read, again.quarantined) == (6, 0, [])

@@ -1,0 +1,178 @@
+"""Training with Ray Train on a real local Ray: learning, worker failure, determinism, S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungcls.config import Settings
+from lungcls.dataset.build import build_dataset
+from lungcls.ingest.run import ingest
+from lungcls.io.storage import Storage
+from lungcls.registry.store import load_model, load_record
+from lungcls.sources.synth import SynthOptions, synth_batch
+from lungcls.train.trainer import train_model
+from tests.support import make_settings
+
+SCANS = SynthOptions(
+    scans=48, slices=20, rows=64, columns=64, pixel_spacing_mm=5.6, slice_spacing_mm=5.0, seed=21
+)
+TINY = {
+    "contracts": {"max_pixel_spacing_mm": 6.0},
+    "preprocess": {"shape": (16, 16, 16), "spacing_mm": (2.5, 2.5, 2.5)},
+    "model": {"width": 8, "depth": 2},
+    "train": {
+        "epochs": 12,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "warmup_epochs": 1,
+        "early_stopping_patience": 100,
+    },
+    "ray": {"executor": "local", "num_cpus": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory: pytest.TempPathFactory, s3_server: str):
+    """One local Ray for the module, started after the S3 server so that its workers
+    inherit the credentials from the environment, as they would on a real node."""
+    import ray
+
+    from lungcls.io.compute import ensure_ray
+
+    work = tmp_path_factory.mktemp("ray")
+    ensure_ray(make_settings(work / "root", work, ray={"executor": "ray", "num_cpus": 2}))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ingested dataset version for the module's local tests (each trains its own
+    model name, so versions start at 1 in every test)."""
+    tmp = tmp_path_factory.mktemp("train")
+    settings = make_settings(tmp / "root", tmp, **TINY)
+    synth_batch(Storage.from_settings(settings), "b1", SCANS)
+    ingest(settings, progress=False)
+    assert build_dataset(settings, progress=False).created
+    return tmp
+
+
+_counter = iter(range(1000))
+
+
+def _prepared(shared: Path, **extra: object) -> Settings:
+    """Settings on the shared root, with a fresh model name and the given overrides."""
+    model = {**TINY["model"], "name": f"cnn-{next(_counter)}"}
+    return make_settings(shared / "root", shared, **{**TINY, "model": model, **extra})
+
+
+def _weights(settings: Settings, version: int | None = None) -> dict[str, torch.Tensor]:
+    storage = Storage.from_settings(settings)
+    return load_model(storage, load_record(storage, settings.model.name, version)).state_dict()
+
+
+def test_two_workers_learn_far_above_chance(shared_root: Path, ray_local: None) -> None:
+    settings = _prepared(shared_root)
+    result = train_model(settings)
+    assert result.best_val_auc >= 0.8, result.history
+    assert result.history[0]["workers"] == 2 and len(result.history) == 12
+    storage = Storage.from_settings(settings)
+    record = load_record(storage, settings.model.name)
+    assert record["dataset"] == {"name": "lung-nodules", "version": 1}
+    assert record["version"] == result.model_version == 1
+    model_ts = f"models/{settings.model.name}/v1/model.ts"
+    assert storage.exists(model_ts)
+    scripted = torch.jit.load(str(Path(settings.root) / model_ts))
+    x = torch.rand(2, 1, 16, 16, 16)
+    model = load_model(storage, record)
+    assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(shared_root: Path, ray_local: None) -> None:
+    import json
+
+    settings = _prepared(shared_root, train={**TINY["train"], "epochs": 5})
+    storage = Storage.from_settings(settings)
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train_model(settings)))
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        runs = [
+            json.loads(storage.read_bytes(f.path))
+            for f in storage.list_files("runs")
+            if f.path.endswith("train.json")
+        ]
+        mine = [r["run_id"] for r in runs if r["model"]["name"] == settings.model.name]
+        path = f"runs/{mine[0]}/history.json" if mine else ""
+        history = json.loads(storage.read_bytes(path)) if path and storage.exists(path) else []
+        if len(history) >= 2:  # epochs done and checkpointed: kill a process that ran them
+            killed = history[-1]["worker_pids"][-1]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    thread.join(timeout=300)
+    assert killed is not None, "training ended before a worker could be killed"
+    history = outcome["result"].history  # type: ignore[attr-defined]
+    assert [h["epoch"] for h in history] == list(range(5))  # each epoch once: resumed
+    assert history[0]["resumes"] == 0 and history[-1]["resumes"] >= 1
+    assert killed in history[0]["worker_pids"] and killed not in history[-1]["worker_pids"]
+    weights = _weights(settings)  # the final model loads
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_same_seed_on_one_worker_gives_identical_weights(
+    shared_root: Path, ray_local: None
+) -> None:
+    one = {**TINY["train"], "num_workers": 1, "epochs": 2, "cpus_per_worker": 1}
+    settings = _prepared(shared_root, train=one)
+    train_model(settings)
+    train_model(settings)
+    first, second = _weights(settings, 1), _weights(settings, 2)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_training_on_s3_puts_checkpoints_in_the_bucket(
+    tmp_path: Path, s3_settings: Settings, ray_local: None
+) -> None:
+    import boto3
+
+    short = {**TINY["train"], "epochs": 2}
+    settings = s3_settings.model_copy(
+        update={
+            k: getattr(make_settings(tmp_path, tmp_path, **{**TINY, "train": short}), k)
+            for k in TINY
+        }
+    )
+    synth_batch(Storage.from_settings(settings), "b1", SCANS)
+    ingest(settings, progress=False)
+    build_dataset(settings, progress=False)
+    result = train_model(settings)
+    bucket, prefix = settings.root[len("s3://") :].split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    assert any(f"ray-train/{result.run_id}/checkpoint_" in k for k in keys)
+    assert f"{prefix}/models/lung-nodule-cnn/v1/model.json" in keys
+    assert np.isfinite(result.best_val_auc)
+
+
+def test_tune_publishes_the_best_trial(shared_root: Path, ray_local: None) -> None:
+    from lungcls.train.tune import tune_model
+
+    settings = _prepared(shared_root, tune={"trials": 2, "max_epochs": 2, "grace_period": 1})
+    result = tune_model(settings)
+    record = load_record(Storage.from_settings(settings), settings.model.name)
+    assert record["version"] == result.model_version == 1
+    trials = record["tune"]["trials"]
+    assert len(trials) == 2
+    assert result.best_val_auc == max(t["val_auc"] for t in trials)
+    assert record["model"]["width"] == record["tune"]["best_config"]["width"]
+    assert _weights(settings)
