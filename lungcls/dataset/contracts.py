@@ -20,15 +20,19 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
 from lungcls.errors import LungclsError
 from lungcls.io.storage import Storage
 
-CONTRACTS_DIR = Path(__file__).resolve().parents[2] / "data_contracts"
+# Package data (pyproject.toml): in a checkout `lungcls/data_contracts` links to the top-level
+# `data_contracts/`, in an installed wheel it holds a copy; one lookup finds both.
+CONTRACTS_DIR = Path(str(resources.files("lungcls") / "data_contracts"))
 
 
 class ContractError(LungclsError):
@@ -42,9 +46,6 @@ class Contract:
     sha256: str
     row_key: str
     suite: dict[str, Any]
-
-    def describe(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,6 @@ class ContractResult:
     rows: int
     row_failures: dict[str, list[RowFailure]] = field(default_factory=dict)
     result_path: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            **self.contract.describe(),
-            "success": self.success,
-            "evaluated_expectations": self.evaluated,
-            "rows": self.rows,
-            "rows_rejected": len(self.row_failures),
-            "result": self.result_path,
-        }
 
 
 def load_contract(name: str, version: str = "latest", directory: Path = CONTRACTS_DIR) -> Contract:
@@ -109,7 +100,7 @@ def _gx():
 def validate(
     frame: pd.DataFrame,
     contract: Contract,
-    parameters: dict[str, Any],
+    parameters: BaseModel,
     storage: Storage | None = None,
     run_id: str | None = None,
     max_rejected_share: float = 1.0,
@@ -117,8 +108,33 @@ def validate(
 ) -> ContractResult:
     """Validate `frame` against `contract`; save results and Data Docs when `storage` is given.
 
+    `parameters` fills the suite's `$PARAMETER` references (one typed model per contract).
     `scratch_dir` holds the Data Docs while they are built (default: the system temp folder).
     """
+    context, definition = _validation_definition(contract)
+    result = definition.run(
+        batch_parameters={"dataframe": frame},
+        expectation_parameters=parameters.model_dump(mode="json"),
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": [contract.row_key],
+        },
+    )
+    outcome = ContractResult(
+        contract=contract,
+        success=bool(result.success),
+        evaluated=int(result.statistics["evaluated_expectations"]),
+        rows=len(frame),
+    )
+    batch_failures = _sort_failures(result, outcome)
+    if storage is not None and run_id is not None:
+        outcome.result_path = _save(storage, run_id, contract, result, context, scratch_dir)
+    _stop_if_broken(outcome, batch_failures, max_rejected_share)
+    return outcome
+
+
+def _validation_definition(contract: Contract) -> tuple[Any, Any]:
+    """An ephemeral GX context holding the contract's suite, ready to run on a dataframe."""
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import (
@@ -145,20 +161,12 @@ def validate(
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{contract.name}-{contract.version}", data=batch, suite=suite)
     )
-    result = definition.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=parameters,
-        result_format={
-            "result_format": "COMPLETE",
-            "unexpected_index_column_names": [contract.row_key],
-        },
-    )
-    outcome = ContractResult(
-        contract=contract,
-        success=bool(result.success),
-        evaluated=int(result.statistics["evaluated_expectations"]),
-        rows=len(frame),
-    )
+    return context, definition
+
+
+def _sort_failures(result: Any, outcome: ContractResult) -> list[str]:
+    """Record row-level failures in `outcome`; return the batch-level ones, described."""
+    row_key = outcome.contract.row_key
     batch_failures: list[str] = []
     for item in result.results:
         if item.success:
@@ -168,32 +176,36 @@ def validate(
         indexed = item.result.get("unexpected_index_list")
         if item.exception_info and item.exception_info.get("raised_exception"):
             batch_failures.append(f"{config.type}: {item.exception_info.get('exception_message')}")
-        elif indexed is not None and len(frame):
+        elif indexed is not None and outcome.rows:
             for entry in indexed:
-                key = str(entry[contract.row_key])
+                key = str(entry[row_key])
                 observed = str(entry.get(column, entry.get(config.kwargs.get("column_A"), "")))
                 failure = RowFailure(config.type, column, observed)
                 outcome.row_failures.setdefault(key, []).append(failure)
         else:
             found = {k: item.result[k] for k in _BATCH_DETAIL_KEYS if item.result.get(k)}
             batch_failures.append(f"{config.type}({column}) {found}")
+    return batch_failures
 
-    if storage is not None and run_id is not None:
-        outcome.result_path = _save(storage, run_id, contract, result, context, scratch_dir)
+
+def _stop_if_broken(
+    outcome: ContractResult, batch_failures: list[str], max_rejected_share: float
+) -> None:
+    """Raise when the data as a whole breaks the contract, or the contract checks nothing."""
     where = f" (results: {outcome.result_path})" if outcome.result_path else ""
-    label = f"contract {contract.name} {contract.version}"
+    label = f"contract {outcome.contract.name} {outcome.contract.version}"
     if outcome.evaluated == 0:
         raise ContractError(f"{label} evaluated zero expectations: it checks nothing{where}")
     if batch_failures:
         raise ContractError(
             f"{label} failed for the data as a whole: {'; '.join(batch_failures)}{where}"
         )
-    if len(frame) and len(outcome.row_failures) / len(frame) > max_rejected_share:
+    rejected = len(outcome.row_failures)
+    if outcome.rows and rejected / outcome.rows > max_rejected_share:
         raise ContractError(
-            f"{label} rejected {len(outcome.row_failures)} of {len(frame)} rows, more than "
+            f"{label} rejected {rejected} of {outcome.rows} rows, more than "
             f"contracts.max_rejected_share={max_rejected_share:.0%}{where}"
         )
-    return outcome
 
 
 def _save(

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lungcls.dataset.manifest import ShardInfo
 from lungcls.io.storage import Storage
 
 TENSOR_COLUMN = "tensor"
@@ -51,10 +52,9 @@ METADATA_COLUMNS = [n for n in SHARD_SCHEMA.names if n != TENSOR_COLUMN]
 
 
 @dataclass
-class Sample:
-    """One preprocessed sample, as stored in a shard."""
+class SampleSource:
+    """What a sample carries over from its series: identity, label, split, audit columns."""
 
-    sample_id: str
     series_id: str
     patient_id: str
     split: str
@@ -64,6 +64,13 @@ class Sample:
     manufacturer: str | None
     slice_thickness_mm: float | None
     nodule_diameter_mm: float | None
+
+
+@dataclass
+class Sample(SampleSource):
+    """One preprocessed sample, as stored in a shard: its source, the tensor and its stats."""
+
+    sample_id: str
     preprocess_hash: str
     all_finite: bool
     t_min: float
@@ -91,16 +98,12 @@ class Sample:
         )
 
     def to_row(self) -> dict[str, Any]:
+        """The sample as an Arrow row (the shard schema's columns)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-
-@dataclass(frozen=True)
-class ShardInfo:
-    path: str
-    split: str
-    rows: int
-    bytes: int
-    sha256: str
+    def array(self) -> np.ndarray:
+        """The tensor, in its stored dtype and shape (channels first)."""
+        return np.frombuffer(self.tensor, dtype=self.dtype).reshape(self.shape)
 
 
 def write_shard(
@@ -116,7 +119,13 @@ def write_shard(
     pq.write_table(table, buffer, **options)
     data = buffer.getvalue()
     storage.write_atomic(rel, data)
-    return ShardInfo(rel, samples[0].split, len(rows), len(data), hashlib.sha256(data).hexdigest())
+    return ShardInfo(
+        path=rel,
+        split=samples[0].split,
+        rows=len(rows),
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 def read_shard_metadata(storage: Storage, rel: str) -> pa.Table:
@@ -125,12 +134,9 @@ def read_shard_metadata(storage: Storage, rel: str) -> pa.Table:
         return pq.read_table(f, columns=METADATA_COLUMNS)
 
 
-def tensor_from_row(row: dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(row[TENSOR_COLUMN], dtype=row["dtype"]).reshape(row["shape"])
-
-
-def iter_samples(storage: Storage, paths: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Full rows of the given shards, one shard in memory at a time."""
+def iter_samples(storage: Storage, paths: Iterable[str]) -> Iterator[Sample]:
+    """Every sample of the given shards, one shard in memory at a time."""
     for rel in paths:
         with storage.open(rel, "rb") as f:
-            yield from pq.read_table(f).to_pylist()
+            for row in pq.read_table(f).to_pylist():
+                yield Sample(**row)

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -49,9 +48,9 @@ def pseudonym(key: bytes, kind: str, value: str) -> str:
     return f"{kind}-{digest[:24]}"
 
 
-def kept_metadata(ds: Dataset) -> dict[str, Any]:
+def kept_metadata(ds: Dataset) -> dict[str, str | float | int]:
     """The allow-listed attributes of one slice as plain Python values (missing ones absent)."""
-    out: dict[str, Any] = {}
+    out: dict[str, str | float | int] = {}
     for keyword, column in KEPT_ATTRIBUTES.items():
         value = ds.get(keyword)
         if value is None or value == "":

@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
+from pydicom.uid import UID
 
 from lungcls.ingest.deid import kept_metadata
 
@@ -94,7 +95,38 @@ def read_slice(
         if has_preamble:
             return Problem("truncated", f"DICOM header cannot be read to the end: {error}")
         return Problem("not_dicom", f"not a DICOM file: {error}")
+    problem = _header_problem(ds)
+    if problem is not None:
+        return problem
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    pixels = _pixels(ds, syntax)
+    if isinstance(pixels, Problem):
+        return pixels
 
+    with_metadata = str(ds.SeriesInstanceUID) not in known_series
+    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    if slope == 1.0 and intercept.is_integer() and pixels.dtype.kind in "iu":
+        hu = pixels.astype(np.int32) + int(intercept)  # the usual case: exact and cheaper
+    else:
+        hu = np.rint(pixels.astype(np.float32) * slope + intercept)
+    return CTSlice(
+        member=member,
+        sha256=sha256,
+        sop_uid=str(ds.SOPInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        study_uid=str(ds.StudyInstanceUID),
+        patient_id=str(ds.get("PatientID", "")),
+        position_xyz_mm=np.asarray([float(v) for v in ds.ImagePositionPatient]),
+        orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient]),
+        pixel_spacing_mm=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+        hu=np.clip(hu, HU_MIN, HU_MAX).astype(np.int16),
+        metadata=kept_metadata(ds) if with_metadata else {},
+        transfer_syntax=str(syntax or ""),
+    )
+
+
+def _header_problem(ds: Dataset) -> Problem | None:
+    """Why a parsed file is not a usable CT slice (modality, UIDs, geometry, rescale)."""
     modality = str(ds.get("Modality", ""))
     sop_class = str(ds.get("SOPClassUID", ""))
     if modality != "CT" or sop_class != CT_IMAGE_STORAGE:
@@ -117,8 +149,11 @@ def read_slice(
         return Problem("missing_rescale", "RescaleSlope/RescaleIntercept missing: HU unknown")
     if "PixelData" not in ds:
         return Problem("missing_pixel_data", "the file has no PixelData")
+    return None
 
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+
+def _pixels(ds: Dataset, syntax: UID | None) -> np.ndarray | Problem:
+    """The stored pixel values of one 2D frame, or why they cannot be decoded."""
     if syntax is not None and syntax.is_compressed:
         try:
             available = get_decoder(syntax).is_available
@@ -142,27 +177,7 @@ def read_slice(
         return Problem("pixel_decode_error", f"pixel data cannot be decoded: {error}")
     if pixels.ndim != 2:
         return Problem("unsupported_pixels", f"expected one 2D frame, got shape {pixels.shape}")
-
-    with_metadata = str(ds.SeriesInstanceUID) not in known_series
-    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-    if slope == 1.0 and intercept.is_integer() and pixels.dtype.kind in "iu":
-        hu = pixels.astype(np.int32) + int(intercept)  # the usual case: exact and cheaper
-    else:
-        hu = np.rint(pixels.astype(np.float32) * slope + intercept)
-    return CTSlice(
-        member=member,
-        sha256=sha256,
-        sop_uid=str(ds.SOPInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        study_uid=str(ds.StudyInstanceUID),
-        patient_id=str(ds.get("PatientID", "")),
-        position_xyz_mm=np.asarray([float(v) for v in ds.ImagePositionPatient]),
-        orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient]),
-        pixel_spacing_mm=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-        hu=np.clip(hu, HU_MIN, HU_MAX).astype(np.int16),
-        metadata=kept_metadata(ds) if with_metadata else {},
-        transfer_syntax=str(syntax or ""),
-    )
+    return pixels
 
 
 def assemble_series(slices: Sequence[CTSlice], tolerance_mm: float = 0.05) -> CTVolume | Problem:

@@ -71,9 +71,33 @@ def parse_labels(text: str, key: bytes) -> BatchLabels:
     """Parse one batch's labels.csv; keys become pseudonyms immediately."""
     reader = csv.DictReader(io.StringIO(text))
     header = [c.strip() for c in (reader.fieldnames or [])]
-    problems: list[LabelProblem] = []
     if not header:
         return BatchLabels([], [LabelProblem(None, "labels_unreadable", "labels.csv is empty")])
+    problems, readable = _header_problems(header)
+    if not readable:
+        return BatchLabels([], problems)
+    labels: list[Label] = []
+    for number, raw in enumerate(reader, start=1):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        label = _parse_row(number, row, key)
+        if isinstance(label, LabelProblem):
+            problems.append(label)
+            continue
+        earlier = next((x for x in labels if x.key == label.key), None)
+        if earlier is not None:
+            problems.append(
+                LabelProblem(
+                    number, "labels_duplicate", f"names the same {label.level} as row {earlier.row}"
+                )
+            )
+            continue
+        labels.append(label)
+    return BatchLabels(labels, problems)
+
+
+def _header_problems(header: list[str]) -> tuple[list[LabelProblem], bool]:
+    """What is wrong with the columns, and whether the rows can be read at all."""
+    problems: list[LabelProblem] = []
     unknown = [c for c in header if c not in KNOWN_COLUMNS]
     if unknown:
         problems.append(
@@ -92,62 +116,35 @@ def parse_labels(text: str, key: bytes) -> BatchLabels:
                 "labels.csv needs a 'label' column and one of series_uid, study_uid, patient_id",
             )
         )
-        return BatchLabels([], problems)
+        return problems, False
+    return problems, True
 
-    labels: list[Label] = []
-    for number, raw in enumerate(reader, start=1):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        level = next((KEY_COLUMNS[c] for c in KEY_COLUMNS if row.get(c)), None)
-        if level is None:
-            problems.append(LabelProblem(number, "labels_bad_value", "row names no series"))
-            continue
-        value = LABEL_VALUES.get(row.get("label", "").lower())
-        if value is None:
-            problems.append(
-                LabelProblem(
-                    number,
-                    "labels_bad_value",
-                    "label must be 0/1 or negative/positive",
-                )
-            )
-            continue
-        try:
-            center = _center(row)
-            diameter = float(row["nodule_diameter_mm"]) if row.get("nodule_diameter_mm") else None
-        except ValueError as error:
-            problems.append(LabelProblem(number, "labels_bad_value", f"bad nodule value: {error}"))
-            continue
-        split = row.get("split", "").lower() or None
-        if split is not None and split not in SPLITS:
-            problems.append(
-                LabelProblem(number, "labels_bad_value", "split must be train, val or test")
-            )
-            continue
-        if split is not None and level != "patient":
-            # A series- or study-level split could send one patient's series to two splits.
-            problems.append(
-                LabelProblem(
-                    number,
-                    "labels_bad_value",
-                    "split can only be given on a patient_id row: all series of a patient "
-                    "share one split",
-                )
-            )
-            continue
-        column = next(c for c in KEY_COLUMNS if KEY_COLUMNS[c] == level)
-        label = Label(
-            number, pseudonym(key, level, row[column]), level, value, center, diameter, split
+
+def _parse_row(number: int, row: dict[str, str], key: bytes) -> Label | LabelProblem:
+    """One data row as a pseudonymised label, or why it cannot be one."""
+    level = next((KEY_COLUMNS[c] for c in KEY_COLUMNS if row.get(c)), None)
+    if level is None:
+        return LabelProblem(number, "labels_bad_value", "row names no series")
+    value = LABEL_VALUES.get(row.get("label", "").lower())
+    if value is None:
+        return LabelProblem(number, "labels_bad_value", "label must be 0/1 or negative/positive")
+    try:
+        center = _center(row)
+        diameter = float(row["nodule_diameter_mm"]) if row.get("nodule_diameter_mm") else None
+    except ValueError as error:
+        return LabelProblem(number, "labels_bad_value", f"bad nodule value: {error}")
+    split = row.get("split", "").lower() or None
+    if split is not None and split not in SPLITS:
+        return LabelProblem(number, "labels_bad_value", "split must be train, val or test")
+    if split is not None and level != "patient":
+        # A series- or study-level split could send one patient's series to two splits.
+        return LabelProblem(
+            number,
+            "labels_bad_value",
+            "split can only be given on a patient_id row: all series of a patient share one split",
         )
-        earlier = next((x for x in labels if x.key == label.key), None)
-        if earlier is not None:
-            problems.append(
-                LabelProblem(
-                    number, "labels_duplicate", f"names the same {level} as row {earlier.row}"
-                )
-            )
-            continue
-        labels.append(label)
-    return BatchLabels(labels, problems)
+    column = next(c for c in KEY_COLUMNS if KEY_COLUMNS[c] == level)
+    return Label(number, pseudonym(key, level, row[column]), level, value, center, diameter, split)
 
 
 def _center(row: dict[str, str]) -> tuple[float, float, float] | None:

@@ -13,24 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import posixpath
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tqdm import tqdm
 
 from lungcls.config import IngestSettings, Settings
-from lungcls.ingest.archive import (
-    ArchiveReader,
-    ArchiveRef,
-    ArchiveRejected,
-    Member,
-    discover_archives,
-)
+from lungcls.ingest.archive import ArchiveRef, ArchiveRejected, discover_archives
+from lungcls.ingest.decode import decode_archive
 from lungcls.ingest.deid import pseudonym, pseudonym_key
-from lungcls.ingest.dicom_series import CTSlice, CTVolume, Problem, assemble_series, read_slice
+from lungcls.ingest.dicom_series import CTVolume
 from lungcls.ingest.labels import BatchLabels, LabelProblem, parse_labels
 from lungcls.ingest.ledger import Ledger, LedgerEntry
 from lungcls.ingest.series_store import (
@@ -39,6 +33,7 @@ from lungcls.ingest.series_store import (
     read_series_index,
     write_series_file,
 )
+from lungcls.ingest.summary import IngestSummary
 from lungcls.io.compute import map_unordered
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.runs import new_run_id
@@ -47,7 +42,6 @@ from lungcls.io.storage import ObjectInfo, Storage
 log = logging.getLogger(__name__)
 
 LEDGER_SAVE_INTERVAL_S = 1.0
-IGNORED_MEMBERS = {"DICOMDIR"}  # an index of the files beside it, not an image
 
 
 @dataclass
@@ -64,76 +58,6 @@ class ArchiveOutcome:
     duplicate_files: int = 0
 
 
-@dataclass
-class IngestSummary:
-    run_id: str
-    root: str
-    archives_seen: int = 0
-    archives_ingested: int = 0
-    archives_skipped: int = 0
-    archives_rejected: int = 0
-    series_ingested: int = 0
-    series_quarantined: int = 0
-    files_quarantined: int = 0
-    duplicate_files_dropped: int = 0
-    bytes_read: int = 0
-    seconds: float = 0.0
-    quarantined: list[dict[str, object]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass
-class DecodedArchive:
-    """The checked CT volumes of one archive and what was refused; raw UIDs still inside."""
-
-    volumes: list[CTVolume]
-    quarantined: list[QuarantineItem]
-    sha256: str
-    bytes_read: int
-
-
-def decode_archive(
-    storage: Storage, ref: ArchiveRef, options: IngestSettings, key: bytes
-) -> DecodedArchive:
-    """Stream an archive's members into checked series (the one way lungcls opens DICOM).
-
-    Raises ArchiveRejected when the whole archive is refused.
-    """
-    source = storage.url(ref.key)
-    reader = ArchiveReader(storage, ref, options.limits)
-    by_series: dict[str, list[CTSlice]] = defaultdict(list)
-    quarantined: list[QuarantineItem] = []
-    for item in reader.members():
-        if isinstance(item, Member):
-            if posixpath.basename(item.name) in IGNORED_MEMBERS:
-                continue
-            decoded = read_slice(item.name, item.data, item.sha256, by_series.keys())
-            if isinstance(decoded, Problem):
-                quarantined.append(
-                    QuarantineItem(
-                        "file", decoded.code, decoded.message, source, item.name, item.sha256
-                    )
-                )
-            else:
-                by_series[decoded.series_uid].append(decoded)
-        else:
-            quarantined.append(QuarantineItem("file", item.code, item.message, source, item.name))
-    volumes = []
-    for series_uid, slices in by_series.items():
-        volume = assemble_series(slices, options.slice_position_tolerance_mm)
-        if isinstance(volume, Problem):
-            message = f"{volume.message} ({len(slices)} files)"
-            series_id = pseudonym(key, "series", series_uid)
-            quarantined.append(
-                QuarantineItem("series", volume.code, message, source, series_id=series_id)
-            )
-        else:
-            volumes.append(volume)
-    return DecodedArchive(volumes, quarantined, reader.sha256, reader.bytes_read)
-
-
 def ingest_archive(
     storage: Storage,
     ref: ArchiveRef,
@@ -146,9 +70,14 @@ def ingest_archive(
     try:
         decoded = decode_archive(storage, ref, options, key)
     except ArchiveRejected as rejected:
-        item = QuarantineItem("archive", rejected.code, rejected.message, storage.url(ref.key))
-        write_quarantine(storage, run_id, [item])
-        return ArchiveOutcome(ref.key, "", 0, "rejected", quarantined=[item])
+        item = QuarantineItem(
+            level="archive",
+            code=rejected.code,
+            message=rejected.message,
+            source_url=storage.url(ref.key),
+        )
+        written = write_quarantine(storage, run_id, [item])
+        return ArchiveOutcome(ref.key, "", 0, "rejected", quarantined=written)
 
     records = [
         _record(
@@ -166,7 +95,7 @@ def ingest_archive(
     if records:
         series_file = new_series_file(decoded.sha256)
         write_series_file(storage, series_file, records)
-    write_quarantine(storage, run_id, decoded.quarantined)
+    quarantined = write_quarantine(storage, run_id, decoded.quarantined)
     return ArchiveOutcome(
         key=ref.key,
         sha256=decoded.sha256,
@@ -174,7 +103,7 @@ def ingest_archive(
         status="ingested",
         series_file=series_file,
         series=[(r.series_id, r.study_id, r.patient_id) for r in records],
-        quarantined=decoded.quarantined,
+        quarantined=quarantined,
         duplicate_files=sum(v.duplicates_dropped for v in decoded.volumes),
     )
 
@@ -314,23 +243,9 @@ def _commit(
             storage.remove(outcome.series_file)
         summary.archives_skipped += 1
         return
-    owners = ledger.owned_series(excluding_archive=ref.key)
-    owned, extra = [], []
-    for series_id, _, _ in outcome.series:
-        if series_id in owners:
-            extra.append(
-                QuarantineItem(
-                    "series",
-                    "duplicate_series",
-                    f"series already ingested from {owners[series_id]}; kept that copy",
-                    storage.url(ref.key),
-                    series_id=series_id,
-                )
-            )
-        else:
-            owned.append(series_id)
-    write_quarantine(storage, run_id, extra)
-    quarantined = outcome.quarantined + extra
+    owned, duplicates = _owned_series(ledger, ref, outcome, storage)
+    quarantined = outcome.quarantined + write_quarantine(storage, run_id, duplicates)
+    rejected = outcome.status == "rejected"
     ledger.record(
         LedgerEntry(
             archive=ref.key,
@@ -339,8 +254,8 @@ def _commit(
             size=ref.size,
             version_tag=ref.version_tag,
             sha256=outcome.sha256,
-            status="rejected" if outcome.status == "rejected" else "ingested",
-            reason_code=outcome.quarantined[0].code if outcome.status == "rejected" else "",
+            status="rejected" if rejected else "ingested",
+            reason_code=outcome.quarantined[0].code if rejected else "",
             series_file=outcome.series_file,
             series_ids=owned,
             n_quarantined=len(quarantined),
@@ -348,16 +263,37 @@ def _commit(
             ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
     )
-    if outcome.status == "rejected":
-        summary.archives_rejected += 1
-    else:
-        summary.archives_ingested += 1
+    summary.archives_rejected += rejected
+    summary.archives_ingested += not rejected
     summary.series_ingested += len(owned)
     summary.duplicate_files_dropped += outcome.duplicate_files
     for item in quarantined:
         summary.series_quarantined += item.level == "series"
         summary.files_quarantined += item.level == "file"
-        summary.quarantined.append(item.summary())
+    summary.quarantined.extend(quarantined)
+
+
+def _owned_series(
+    ledger: Ledger, ref: ArchiveRef, outcome: ArchiveOutcome, storage: Storage
+) -> tuple[list[str], list[QuarantineItem]]:
+    """The archive's series that no other archive owns yet, and a quarantine item for each
+    one another archive already brought in (the first copy is kept)."""
+    owners = ledger.owned_series(excluding_archive=ref.key)
+    owned, duplicates = [], []
+    for series_id, _, _ in outcome.series:
+        if series_id in owners:
+            duplicates.append(
+                QuarantineItem(
+                    level="series",
+                    code="duplicate_series",
+                    message=f"series already ingested from {owners[series_id]}; kept that copy",
+                    source_url=storage.url(ref.key),
+                    series_id=series_id,
+                )
+            )
+        else:
+            owned.append(series_id)
+    return owned, duplicates
 
 
 def _load_labels(
@@ -381,11 +317,16 @@ def _load_labels(
             parsed = BatchLabels([], [problem])
         out[batch] = parsed
         items = [
-            QuarantineItem("labels", p.code, p.message, storage.url(info.path), row=p.row)
+            QuarantineItem(
+                level="labels",
+                code=p.code,
+                message=p.message,
+                source_url=storage.url(info.path),
+                row=p.row,
+            )
             for p in parsed.problems
         ]
-        write_quarantine(storage, run_id, items)
-        summary.quarantined.extend(i.summary() for i in items)
+        summary.quarantined.extend(write_quarantine(storage, run_id, items))
     return out
 
 
@@ -409,15 +350,14 @@ def _check_unmatched_labels(
     sources = {info.path.split("/")[-2]: storage.url(info.path) for info in label_files}
     items = [
         QuarantineItem(
-            "labels",
-            "labels_unmatched",
-            f"row names a {label.level} that no ingested series of batch {batch!r} has",
-            sources[batch],
+            level="labels",
+            code="labels_unmatched",
+            message=f"row names a {label.level} that no ingested series of batch {batch!r} has",
+            source_url=sources[batch],
             row=label.row,
         )
         for batch, parsed in labels.items()
         for label in parsed.labels
         if label.key not in known[batch]
     ]
-    write_quarantine(storage, run_id, items)
-    summary.quarantined.extend(i.summary() for i in items)
+    summary.quarantined.extend(write_quarantine(storage, run_id, items))

@@ -21,7 +21,7 @@ import json
 import math
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lungcls.errors import LungclsError
 from lungcls.io.storage import Storage
@@ -49,13 +49,23 @@ def dumps(value: Any) -> bytes:
     return json.dumps(strict_json_value(value), indent=2, allow_nan=False).encode()
 
 
-class Record(BaseModel):
+class Part(BaseModel):
+    """A typed part of a record (no tag of its own); unknown fields are refused, and NaN or
+    infinite numbers arrive as None: "not estimable" is null in JSON, never NaN."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_or_none(cls, data: Any) -> Any:
+        return strict_json_value(data) if isinstance(data, dict) else data
+
+
+class Record(Part):
     """A JSON record with a schema tag (see the module docstring)."""
 
     SCHEMA: ClassVar[str]
     LEGACY_UNTAGGED: ClassVar[bool] = False
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     schema_tag: str = Field("", alias="schema")
 
@@ -67,7 +77,7 @@ class Record(BaseModel):
     def from_json(cls, data: bytes | str | dict[str, Any], source: str = "<record>") -> Self:
         """Parse and check a record; `source` names the file in errors."""
         try:
-            raw = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
+            raw = cls.upgrade(json.loads(data) if isinstance(data, (bytes, str)) else data)
         except json.JSONDecodeError as error:
             raise RecordError(f"{source}: not JSON ({error})") from None
         if not isinstance(raw, dict):
@@ -84,6 +94,12 @@ class Record(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as error:
             raise RecordError(f"{source}: not a valid {cls.SCHEMA} record: {error}") from None
+
+    @classmethod
+    def upgrade(cls, raw: object) -> object:
+        """An older layout of this record in the current one; a record whose layout changed
+        without a new schema version overrides this (default: as it is)."""
+        return dict(raw) if isinstance(raw, dict) else raw
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON values, NaN as None (for Prefect results and `--json`)."""
@@ -103,9 +119,3 @@ class Record(BaseModel):
             return storage.create(rel, self.to_json())
         storage.write_atomic(rel, self.to_json())
         return True
-
-
-class Part(BaseModel):
-    """A typed part of a record (no tag of its own); unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -1,13 +1,11 @@
 """Numbered versions `<folder>/v<N>/`, each committed by a marker file written last.
 
 Datasets (`manifest.json`) and models (`model.json`) share this rule: a version exists only
-once its marker does; folders without one are unfinished work and are never read.
+once its marker does; folders without one are unfinished work and are never read. Listing
+is shared here; each stage loads its marker as its own record class.
 """
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 from lungcls.io.storage import Storage
 
@@ -22,14 +20,22 @@ def committed_versions(storage: Storage, folder: str, marker: str) -> list[int]:
     return sorted(versions)
 
 
-def read_marker(
-    storage: Storage, folder: str, marker: str, version: int | None
-) -> dict[str, Any] | None:
-    """The marker of `version` (`None`: the latest), or None when there is no such version."""
+def latest_version(storage: Storage, folder: str, marker: str) -> int | None:
+    """The highest committed version under `folder`, or None when there is none yet."""
+    versions = committed_versions(storage, folder, marker)
+    return versions[-1] if versions else None
+
+
+def marker_path(storage: Storage, folder: str, marker: str, version: int | None) -> str | None:
+    """Where the marker of `version` (`None`: the latest) is, or None when that version is
+    not committed."""
+    number = latest_version(storage, folder, marker) if version is None else version
+    path = f"{folder}/v{number}/{marker}"
+    return path if number is not None and storage.exists(path) else None
+
+
+def missing_version(what: str, version: int | None, command: str) -> str:
+    """The message for a version that `marker_path` did not find."""
     if version is None:
-        versions = committed_versions(storage, folder, marker)
-        if not versions:
-            return None
-        version = versions[-1]
-    path = f"{folder}/v{version}/{marker}"
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+        return f"{what} has no version yet: run `{command}`"
+    return f"{what} has no version {version}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,9 +14,10 @@ import pytest
 import yaml
 
 from lungcls.config import Settings
-from lungcls.dataset.build import build_dataset, list_versions, load_manifest
+from lungcls.dataset.build import build_dataset
 from lungcls.dataset.contracts import ContractError, load_contract
-from lungcls.dataset.shards import iter_samples, tensor_from_row
+from lungcls.dataset.manifest import BuildRecord, list_versions, load_manifest
+from lungcls.dataset.shards import iter_samples
 from lungcls.ingest.run import ingest
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
@@ -50,31 +50,29 @@ def test_first_build_publishes_a_consistent_version(ds_settings: Settings) -> No
     result = build_dataset(ds_settings, progress=False)
     assert (result.created, result.version, result.preprocessed) == (True, 1, 40)
     manifest = load_manifest(storage, "lung-nodules")
-    assert manifest["samples"] == 40 and manifest["parent"] is None
-    assert {s["split"] for s in manifest["shards"]} == {"train", "val", "test"}
-    assert all(min(c.values()) > 0 for c in manifest["counts"].values())
+    assert manifest.samples == 40 and manifest.parent is None
+    assert set(manifest.splits_present) == {"train", "val", "test"}
+    assert all(min(c.values()) > 0 for c in manifest.counts.values())
     suite = load_contract("series_metadata").suite
-    assert manifest["contracts"]["series_metadata"]["evaluated_expectations"] == len(
+    assert manifest.contracts["series_metadata"].evaluated_expectations == len(
         suite["expectations"]
     )
-    for shard in manifest["shards"]:
-        assert storage.sha256(shard["path"]) == shard["sha256"]
-    rows = list(iter_samples(storage, [s["path"] for s in manifest["shards"]]))
-    assert len(rows) == 40
-    tensor = tensor_from_row(rows[0])
+    for shard in manifest.shards:
+        assert storage.sha256(shard.path) == shard.sha256
+    samples = list(iter_samples(storage, [s.path for s in manifest.shards]))
+    assert len(samples) == 40
+    tensor = samples[0].array()
     assert tensor.shape == (1, 12, 12, 12) and tensor.dtype == np.float16
     assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
     splits_by_patient: dict[str, set[str]] = {}
-    for row in rows:
-        splits_by_patient.setdefault(row["patient_id"], set()).add(row["split"])
+    for sample in samples:
+        splits_by_patient.setdefault(sample.patient_id, set()).add(sample.split)
     assert all(len(s) == 1 for s in splits_by_patient.values())
     assert len(splits_by_patient) < 40  # some patients have two series, kept together
-    build = json.loads(storage.read_bytes("datasets/lung-nodules/v1/build.json"))
-    assert storage.exists(build["validation"]["series_metadata"])
-    assert storage.exists(
-        build["validation"]["series_metadata"].rsplit("/", 1)[0]
-        + "/data_docs/series_metadata/index.html"
-    )
+    build = BuildRecord.load(storage, "datasets/lung-nodules/v1/build.json")
+    assert (build.preprocessed, build.reused_shards) == (40, 0)
+    assert storage.exists(build.validation["series_metadata"])
+    assert storage.exists(f"{build.data_docs}/series_metadata/index.html")
 
 
 def test_no_new_data_no_new_version(ds_settings: Settings) -> None:
@@ -89,19 +87,15 @@ def test_new_batch_preprocesses_only_new_series(ds_settings: Settings) -> None:
     storage = Storage.from_settings(ds_settings)
     build_dataset(ds_settings, progress=False)
     v1 = load_manifest(storage, "lung-nodules", 1)
-    before = {
-        r["sample_id"]: r["split"] for r in iter_samples(storage, [s["path"] for s in v1["shards"]])
-    }
+    before = {s.sample_id: s.split for s in iter_samples(storage, [s.path for s in v1.shards])}
     synth_batch(storage, "b2", SynthOptions(**{**SCANS.__dict__, "scans": 12, "seed": 22}))
     ingest(ds_settings, progress=False)
     second = build_dataset(ds_settings, progress=False)
     assert (second.version, second.preprocessed, second.reused_shards) == (2, 12, 3)
     v2 = load_manifest(storage, "lung-nodules", 2)
-    assert v2["parent"] == 1 and v2["samples"] == 52
-    assert set(s["path"] for s in v1["shards"]) <= set(s["path"] for s in v2["shards"])
-    after = {
-        r["sample_id"]: r["split"] for r in iter_samples(storage, [s["path"] for s in v2["shards"]])
-    }
+    assert v2.parent == 1 and v2.samples == 52
+    assert set(v1.shards) <= set(v2.shards)
+    after = {s.sample_id: s.split for s in iter_samples(storage, [s.path for s in v2.shards])}
     assert {k: after[k] for k in before} == before  # nobody changed split
 
 
@@ -115,13 +109,13 @@ def test_contract_violation_is_quarantined_and_the_rest_builds(ds_settings: Sett
     result = build_dataset(ds_settings, progress=False)
     assert result.created and result.preprocessed == 40
     (item,) = result.quarantined
-    assert item["code"] == "contract_violation"
-    assert "expect_column_values_to_be_between" in item["details"]["expectations"]
-    assert item["details"]["observed"]["slice_thickness_mm"] == "12.0"
-    records = [r for r in read_quarantine(storage) if r["code"] == "contract_violation"]
-    assert [r["series_id"] for r in records] == [item["series_id"]]
+    assert item.code == "contract_violation" and item.details is not None
+    assert "expect_column_values_to_be_between" in item.details.expectations
+    assert item.details.observed["slice_thickness_mm"] == "12.0"
+    records = [r for r in read_quarantine(storage) if r.code == "contract_violation"]
+    assert records == [item]  # what the build reports is what it wrote
     manifest = load_manifest(storage, "lung-nodules")
-    assert manifest["excluded"]["series_contract"] == 1 and manifest["samples"] == 40
+    assert manifest.excluded.series_contract == 1 and manifest.samples == 40
 
 
 def test_a_split_without_both_classes_fails_loudly(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lungcls.dataset.contracts import CONTRACTS_DIR, ContractError, load_contract, validate
+from lungcls.dataset.validation import TensorParameters
 from lungcls.io.storage import Storage
 
 
@@ -30,7 +31,7 @@ def _frame() -> pd.DataFrame:
     )
 
 
-PARAMS = {"expected_shapes": ["1x4x4x4"], "required_split_labels": ["train:0", "val:1"]}
+PARAMS = TensorParameters(expected_shapes=["1x4x4x4"], required_split_labels=["train:0", "val:1"])
 
 
 def test_every_suite_file_loads_with_a_version() -> None:
@@ -57,7 +58,7 @@ def test_row_failures_name_expectation_and_value(tmp_path: Path) -> None:
 
 
 def test_batch_failure_and_too_many_rejections_stop_the_build() -> None:
-    missing = {**PARAMS, "required_split_labels": ["test:1"]}
+    missing = PARAMS.model_copy(update={"required_split_labels": ["test:1"]})
     with pytest.raises(ContractError, match="test:1"):
         validate(_frame(), load_contract("tensor"), missing)
     with pytest.raises(ContractError, match="rejected 1 of 4 rows"):

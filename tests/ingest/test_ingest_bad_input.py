@@ -4,7 +4,6 @@ series in the same archives go through, and no exception escapes."""
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,9 @@ from pydicom.uid import JPEG2000MCLossless
 
 from lungcls.config import Settings
 from lungcls.ingest.ledger import Ledger
-from lungcls.ingest.run import IngestSummary, ingest
+from lungcls.ingest.run import ingest
 from lungcls.ingest.series_store import read_series_index
+from lungcls.ingest.summary import IngestSummary
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
 from lungcls.sources.synth import dicom_bytes, pack_tar_gz, pack_zip
@@ -119,7 +119,7 @@ def test_every_bad_input_is_quarantined_with_its_code(bad_settings: Settings) ->
     build_bad_corpus(storage)
     summary: IngestSummary = ingest(bad_settings, progress=False)
 
-    found = {(item["level"], item["code"]) for item in summary.quarantined}
+    found = {(item.level, item.code) for item in summary.quarantined}
     assert found == EXPECTED
     assert summary.series_ingested == 2
     assert summary.duplicate_files_dropped == 1
@@ -127,14 +127,17 @@ def test_every_bad_input_is_quarantined_with_its_code(bad_settings: Settings) ->
 
     # the records on storage say the same, with pointers to the originals
     records = read_quarantine(storage, summary.run_id)
-    assert {(r["level"], r["code"]) for r in records} == EXPECTED
+    assert {(r.level, r.code) for r in records} == EXPECTED
+    assert sorted(records, key=lambda r: r.item_id) == sorted(
+        summary.quarantined, key=lambda r: r.item_id
+    )
     for record in records:
-        assert record["source_url"].startswith(storage.url("inbox/bad"))
-        assert record["message"]
-    truncated = next(r for r in records if r["code"] == "truncated")
-    assert truncated["member"] == "gap/002.dcm" and len(truncated["sha256"]) == 64
-    unmatched = next(r for r in records if r["code"] == "labels_unmatched")
-    assert unmatched["row"] == 3 and "2.25.999999999" not in json.dumps(unmatched)
+        assert record.source_url.startswith(storage.url("inbox/bad"))
+        assert record.message and record.run == summary.run_id
+    truncated = next(r for r in records if r.code == "truncated")
+    assert truncated.member == "gap/002.dcm" and truncated.sha256 and len(truncated.sha256) == 64
+    unmatched = next(r for r in records if r.code == "labels_unmatched")
+    assert unmatched.row == 3 and b"2.25.999999999" not in unmatched.to_json()
 
     index = read_series_index(storage).to_pylist()
     assert sorted(r["label"] for r in index) == [0, 1]

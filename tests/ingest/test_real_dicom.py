@@ -100,8 +100,9 @@ def _largest_annotation() -> tuple[Path, tuple[int, int, int, int], pydicom.Data
 
 
 def test_dataset_crop_centered_on_the_tumour_contains_it(tmp_path: Path) -> None:
-    from lungcls.dataset.build import build_dataset, load_manifest
-    from lungcls.dataset.shards import iter_samples, tensor_from_row
+    from lungcls.dataset.build import build_dataset
+    from lungcls.dataset.manifest import load_manifest
+    from lungcls.dataset.shards import iter_samples
 
     path, (xmin, ymin, xmax, ymax), ds = _largest_annotation()
     row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
@@ -124,8 +125,8 @@ def test_dataset_crop_centered_on_the_tumour_contains_it(tmp_path: Path) -> None
     assert result.created and result.preprocessed == 1
     storage = Storage.from_settings(settings)
     manifest = load_manifest(storage, "lung-nodules")
-    (row,) = iter_samples(storage, [s["path"] for s in manifest["shards"]])
-    patch = tensor_from_row(row)[0, 1].astype(np.float32)  # lung window, the annotated slice
+    (sample,) = iter_samples(storage, [s.path for s in manifest.shards])
+    patch = sample.array()[0, 1].astype(np.float32)  # lung window, the annotated slice
     hu = patch * 1500.0 - 1350.0
     half_x = (xmax - xmin) * column_spacing / 2
     half_y = (ymax - ymin) * row_spacing / 2
