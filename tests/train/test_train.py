@@ -18,6 +18,7 @@ from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
 from lungcls.registry.store import load_model, load_record
 from lungcls.sources.synth import SynthOptions, synth_batch
+from lungcls.train.runs import load_run, read_history, unfinished_runs
 from lungcls.train.trainer import train_model
 from tests.support import make_settings
 
@@ -82,12 +83,14 @@ def _weights(settings: Settings, version: int | None = None) -> dict[str, torch.
 def test_two_workers_learn_far_above_chance(shared_root: Path, ray_local: None) -> None:
     settings = _prepared(shared_root)
     result = train_model(settings)
-    assert result.best_val_auc >= 0.8, result.history
-    assert result.history[0]["workers"] == 2 and len(result.history) == 12
+    assert result.best_val_auc is not None and result.best_val_auc >= 0.8, result.history
+    assert result.history[0].workers == 2 and len(result.history) == 12
     storage = Storage.from_settings(settings)
     record = load_record(storage, settings.model.name)
-    assert record["dataset"] == {"name": "lung-nodules", "version": 1}
-    assert record["version"] == result.model_version == 1
+    assert (record.dataset.name, record.dataset.version) == ("lung-nodules", 1)
+    assert record.version == result.model_version == 1
+    assert len(record.history) == 12 and record.train_run == result.run_id
+    assert load_run(storage, result.run_id).model_version == 1  # the run is finished
     model_ts = f"models/{settings.model.name}/v1/model.ts"
     assert storage.exists(model_ts)
     scripted = torch.jit.load(str(Path(settings.root) / model_ts))
@@ -97,8 +100,6 @@ def test_two_workers_learn_far_above_chance(shared_root: Path, ray_local: None) 
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(shared_root: Path, ray_local: None) -> None:
-    import json
-
     settings = _prepared(shared_root, train={**TINY["train"], "epochs": 5})
     storage = Storage.from_settings(settings)
     outcome: dict[str, object] = {}
@@ -107,24 +108,19 @@ def test_killed_worker_resumes_from_the_last_checkpoint(shared_root: Path, ray_l
     killed = None
     deadline = time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and thread.is_alive():
-        runs = [
-            json.loads(storage.read_bytes(f.path))
-            for f in storage.list_files("runs")
-            if f.path.endswith("train.json")
-        ]
-        mine = [r["run_id"] for r in runs if r["model"]["name"] == settings.model.name]
-        path = f"runs/{mine[0]}/history.json" if mine else ""
-        history = json.loads(storage.read_bytes(path)) if path and storage.exists(path) else []
+        runs = [load_run(storage, r) for r in unfinished_runs(storage)]
+        mine = [r.run_id for r in runs if r.model.name == settings.model.name]
+        history = read_history(storage, mine[0]) if mine else []
         if len(history) >= 2:  # epochs done and checkpointed: kill a process that ran them
-            killed = history[-1]["worker_pids"][-1]
+            killed = history[-1].worker_pids[-1]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     thread.join(timeout=300)
     assert killed is not None, "training ended before a worker could be killed"
     history = outcome["result"].history  # type: ignore[attr-defined]
-    assert [h["epoch"] for h in history] == list(range(5))  # each epoch once: resumed
-    assert history[0]["resumes"] == 0 and history[-1]["resumes"] >= 1
-    assert killed in history[0]["worker_pids"] and killed not in history[-1]["worker_pids"]
+    assert [h.epoch for h in history] == list(range(5))  # each epoch once: resumed
+    assert history[0].resumes == 0 and history[-1].resumes >= 1
+    assert killed in history[0].worker_pids and killed not in history[-1].worker_pids
     weights = _weights(settings)  # the final model loads
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -161,7 +157,7 @@ def test_training_on_s3_puts_checkpoints_in_the_bucket(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
     assert any(f"ray-train/{result.run_id}/checkpoint_" in k for k in keys)
     assert f"{prefix}/models/lung-nodule-cnn/v1/model.json" in keys
-    assert np.isfinite(result.best_val_auc)
+    assert result.best_val_auc is not None and np.isfinite(result.best_val_auc)
 
 
 def test_tune_publishes_the_best_trial(shared_root: Path, ray_local: None) -> None:
@@ -170,9 +166,9 @@ def test_tune_publishes_the_best_trial(shared_root: Path, ray_local: None) -> No
     settings = _prepared(shared_root, tune={"trials": 2, "max_epochs": 2, "grace_period": 1})
     result = tune_model(settings)
     record = load_record(Storage.from_settings(settings), settings.model.name)
-    assert record["version"] == result.model_version == 1
-    trials = record["tune"]["trials"]
+    assert record.version == result.model_version == 1 and record.tune is not None
+    trials = record.tune.trials
     assert len(trials) == 2
-    assert result.best_val_auc == max(t["val_auc"] for t in trials)
-    assert record["model"]["width"] == record["tune"]["best_config"]["width"]
+    assert result.best_val_auc == max(t.val_auc for t in trials)
+    assert record.model.width == record.tune.best_config["width"]
     assert _weights(settings)
