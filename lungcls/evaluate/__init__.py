@@ -1,4 +1,5 @@
 """Stage 4, evaluate: a model version -> metrics with CIs, an operating point, a report.
 
-metrics (medical metrics, patient bootstrap, operating point, subgroups) -> evaluation
-(scoring, calibration, the report record) -> report (plots, Markdown, HTML)."""
+metrics (point estimates, subgroups) -> bootstrap (patient-level intervals) ->
+operating_point and calibration (fitted on val) -> evaluation (scoring, the report) ->
+report (the `EvaluationReport` record) -> plots and render (PNG, Markdown, HTML)."""

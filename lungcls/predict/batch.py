@@ -15,11 +15,9 @@ image center. The decision uses the operating point of the model's evaluation.
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,13 +25,16 @@ import torch
 from lungcls.config import PreprocessSettings, Settings
 from lungcls.dataset.preprocess import preprocess_series
 from lungcls.errors import LungclsError
-from lungcls.evaluate.evaluation import calibrate, evaluation_dir, resolve_version
+from lungcls.evaluate.calibration import calibrate
+from lungcls.evaluate.evaluation import resolve_version
+from lungcls.evaluate.report import Calibration, EvaluationReport, evaluation_dir
 from lungcls.ingest.archive import ArchiveRef, archive_kind, discover_archives
+from lungcls.ingest.decode import decode_archive
 from lungcls.ingest.deid import pseudonym, pseudonym_key
 from lungcls.ingest.dicom_series import CTVolume
 from lungcls.ingest.labels import BatchLabels, parse_labels
-from lungcls.ingest.run import decode_archive
 from lungcls.io.storage import Storage
+from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model
 
 log = logging.getLogger(__name__)
@@ -61,30 +62,32 @@ class Scorer:
     """A loaded model with everything needed to score a series the way it was evaluated."""
 
     model: torch.nn.Module
-    record: dict[str, Any]
+    record: ModelRecord
     preprocess: PreprocessSettings
     dtype: str
     threshold: float
     threshold_source: str
-    calibration: dict[str, float] | None
+    calibration: Calibration | None
     key: bytes  # the pseudonymisation key: outputs name series as the store does
 
     @classmethod
     def load(cls, settings: Settings, version: str | int | None) -> Scorer:
+        """The model (default: the champion) with the operating point and calibration of
+        its evaluation on its own dataset; 0.5 and raw probabilities when it has none."""
         storage = Storage.from_settings(settings)
         record = resolve_version(storage, settings.model.name, version or "champion")
-        folder = evaluation_dir(record, record["dataset"]["name"], record["dataset"]["version"])
+        path = f"{evaluation_dir(record, record.dataset)}/report.json"
         threshold, source, calibration = 0.5, "0.5 (no evaluation found)", None
-        if storage.exists(f"{folder}/report.json"):
-            report = json.loads(storage.read_bytes(f"{folder}/report.json"))
-            threshold = report["operating_point"]["threshold"]
+        if storage.exists(path):
+            report = EvaluationReport.load(storage, path)
+            threshold = report.operating_point.threshold
             source = "operating point (val)"
-            calibration = report.get("calibration")
+            calibration = report.calibration
         return cls(
             load_model(storage, record),
             record,
-            PreprocessSettings(**record["preprocess"]["config"]),
-            record.get("tensor_dtype", "float16"),
+            record.preprocess.config,
+            record.tensor_dtype,
             threshold,
             source,
             calibration,
@@ -195,8 +198,8 @@ def predict_source(
                 threshold=scorer.threshold,
                 threshold_source=scorer.threshold_source,
                 center=how,
-                model=scorer.record["name"],
-                model_version=scorer.record["version"],
+                model=scorer.record.name,
+                model_version=scorer.record.version,
             )
         )
     return predictions
@@ -208,7 +211,7 @@ def _write_saliency(scorer: Scorer, tensor: np.ndarray, path: str, probability: 
     from lungcls.predict.saliency import grad_cam, overlay_png
 
     cam = grad_cam(scorer.model, torch.from_numpy(tensor[None]))  # type: ignore[arg-type]
-    title = f"p(malignant) = {probability:.3f}, model v{scorer.record['version']}"
+    title = f"p(malignant) = {probability:.3f}, model v{scorer.record.version}"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(overlay_png(tensor, cam, title))
 

@@ -14,98 +14,94 @@ promoted, rejected, lost a race, rolled back — is logged with every gate and i
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from lungcls.config import Settings
+from lungcls.config import PromotionSettings, Settings
+from lungcls.evaluate.bootstrap import paired_auc_difference
 from lungcls.evaluate.evaluation import Evaluation, evaluate_model
-from lungcls.evaluate.metrics import paired_auc_difference
+from lungcls.evaluate.report import EvaluationReport
 from lungcls.io.storage import Storage
-from lungcls.registry.store import load_record, log_decision, move_alias, read_alias
+from lungcls.registry.aliases import AliasState, move_alias, read_alias
+from lungcls.registry.decisions import Decision, Gate, Outcome, log_decision
+from lungcls.registry.store import load_record
+
+CHAMPION = "champion"
 
 
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    passed: bool
-    value: float | None
-    limit: float | None
-    detail: str
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")  # orders the log
 
 
-@dataclass
-class Decision:
-    id: str
-    at: str
-    action: str  # "promote" or "rollback"
-    model: str
-    candidate_version: int | None
-    champion_before: int | None
-    outcome: str  # "promoted", "rejected", "lost_race", "rolled_back", "nothing_to_roll_back"
-    champion_after: int | None
-    gates: list[Gate] = field(default_factory=list)
-    evaluation: str = ""
-    log_path: str = ""
-
-    @property
-    def failed_gates(self) -> list[Gate]:
-        return [g for g in self.gates if not g.passed]
-
-
-def _new_decision(action: str, model: str, candidate: int | None, before: int | None) -> Decision:
-    now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders the log
-    return Decision(secrets.token_hex(4), now, action, model, candidate, before, "", before)
-
-
-def _absolute_gates(report: dict[str, Any], settings: Settings) -> list[Gate]:
-    p = settings.promotion
-    at_op = report["metrics"]["at_operating_point"]
-    sensitivity = at_op["values"]["sensitivity"]
-    auc_low = at_op["ci95"]["roc_auc"][0]
-    ece = at_op["values"]["ece"]
-    contracts = report.get("contracts", {})
+def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate]:
+    at_op = report.metrics.at_operating_point
+    sensitivity = at_op.values["sensitivity"]
+    auc, (auc_low, _) = at_op.values["roc_auc"], at_op.ci95["roc_auc"]
+    ece = at_op.values["ece"]
     applied = all(
-        contracts.get(s, {}).get("evaluated_expectations", 0) > 0
-        for s in ("series_metadata", "tensor")
+        name in report.contracts and report.contracts[name].evaluated_expectations > 0
+        for name in ("series_metadata", "tensor")
     )
+    target = report.operating_point.target_sensitivity
     return [
         Gate(
-            "min_sensitivity",
-            sensitivity >= p.min_sensitivity,
-            sensitivity,
-            p.min_sensitivity,
-            f"test sensitivity {sensitivity:.3f} at threshold {at_op['threshold']:.3f} "
-            f"(chosen on val for {report['operating_point']['target_sensitivity']:.2f})",
+            name="min_sensitivity",
+            passed=_at_least(sensitivity, p.min_sensitivity),
+            value=sensitivity,
+            limit=p.min_sensitivity,
+            detail=f"test sensitivity {_number(sensitivity)} at threshold "
+            f"{at_op.threshold:.3f} (chosen on val for {target:.2f})",
         ),
         Gate(
-            "min_auc_lower_ci",
-            auc_low >= p.min_auc_lower_ci,
-            auc_low,
-            p.min_auc_lower_ci,
-            f"test ROC AUC {at_op['values']['roc_auc']:.3f}, 95 % CI lower bound {auc_low:.3f}",
+            name="min_auc_lower_ci",
+            passed=_at_least(auc_low, p.min_auc_lower_ci),
+            value=auc_low,
+            limit=p.min_auc_lower_ci,
+            detail=f"test ROC AUC {_number(auc)}, 95 % CI lower bound {_number(auc_low)}",
         ),
-        Gate("max_ece", ece <= p.max_ece, ece, p.max_ece, f"expected calibration error {ece:.3f}"),
         Gate(
-            "contracts_passed",
-            applied,
-            None,
-            None,
-            "series_metadata and tensor contracts were applied to the dataset version"
+            name="max_ece",
+            passed=ece is not None and ece <= p.max_ece,
+            value=ece,
+            limit=p.max_ece,
+            detail=f"expected calibration error {_number(ece)}",
+        ),
+        Gate(
+            name="contracts_passed",
+            passed=applied,
+            value=None,
+            limit=None,
+            detail="series_metadata and tensor contracts were applied to the dataset version"
             if applied
             else "the dataset version does not record both contracts",
         ),
     ]
 
 
+def _at_least(value: float | None, limit: float) -> bool:
+    """A value that could not be estimated passes no gate."""
+    return value is not None and value >= limit
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _non_inferiority(settings: Settings, candidate: Evaluation, champion_version: int) -> Gate:
     report = candidate.report
-    name, dataset = report["model"]["name"], report["dataset"]
-    champion = evaluate_model(settings, name, champion_version, dataset["name"], dataset["version"])
+    dataset = report.dataset
+    champion = evaluate_model(
+        settings, report.model.name, champion_version, dataset.name, dataset.version
+    )
     test_new = candidate.scores[candidate.scores["split"] == "test"].sort_values("sample_id")
     test_old = champion.scores[champion.scores["split"] == "test"].sort_values("sample_id")
     if list(test_new["sample_id"]) != list(test_old["sample_id"]):
-        return Gate("non_inferiority", False, None, None, "champion scored on other samples")
+        return Gate(
+            name="non_inferiority",
+            passed=False,
+            value=None,
+            limit=None,
+            detail="champion scored on other samples",
+        )
     e, margin = settings.evaluation, settings.promotion.non_inferiority_margin
     difference, low, high = paired_auc_difference(
         test_new["label"].to_numpy(),
@@ -116,14 +112,28 @@ def _non_inferiority(settings: Settings, candidate: Evaluation, champion_version
         e.bootstrap_seed,
     )
     return Gate(
-        "non_inferiority",
-        low > -margin,
-        low,
-        -margin,
-        f"AUC(v{report['model']['version']}) - AUC(champion v{champion_version}) = "
-        f"{difference:+.3f}, 95 % CI {low:+.3f} to {high:+.3f}, on {dataset['name']} "
-        f"v{dataset['version']} test; must stay above {-margin:+.3f}",
+        name="non_inferiority",
+        passed=low > -margin,
+        value=low,
+        limit=-margin,
+        detail=f"AUC(v{report.model.version}) - AUC(champion v{champion_version}) = "
+        f"{difference:+.3f}, 95 % CI {low:+.3f} to {high:+.3f}, on {dataset} test; "
+        f"must stay above {-margin:+.3f}",
     )
+
+
+def _move(
+    storage: Storage, name: str, state: AliasState, version: int, decision_id: str
+) -> tuple[bool, int | None]:
+    """Move the champion; returns whether this call moved it, and where it points now."""
+    if move_alias(storage, name, state, version, decision_id):
+        return True, version
+    return False, read_alias(storage, name, CHAMPION).version  # another move came first
+
+
+def _logged(storage: Storage, decision: Decision) -> Decision:
+    decision.log_path = log_decision(storage, decision)
+    return decision
 
 
 def promote(settings: Settings, version: int | None = None, name: str | None = None) -> Decision:
@@ -131,38 +141,55 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
     storage = Storage.from_settings(settings)
     name = name or settings.model.name
     record = load_record(storage, name, version)
-    state = read_alias(storage, name, "champion")
-    decision = _new_decision("promote", name, record["version"], state.version)
-    evaluation = evaluate_model(settings, name, record["version"])
-    decision.evaluation = evaluation.folder
-    decision.gates = _absolute_gates(evaluation.report, settings)
-    if state.version is not None and state.version != record["version"]:
-        decision.gates.append(_non_inferiority(settings, evaluation, state.version))
-    if decision.failed_gates:
-        decision.outcome = "rejected"
-    elif state.version == record["version"]:
-        decision.outcome = "promoted"  # already champion: nothing moves
-    elif move_alias(storage, name, state, record["version"], decision.id):
-        decision.outcome, decision.champion_after = "promoted", record["version"]
+    state = read_alias(storage, name, CHAMPION)
+    at, decision_id = _now(), secrets.token_hex(4)
+    evaluation = evaluate_model(settings, name, record.version)
+    gates = _absolute_gates(evaluation.report, settings.promotion)
+    if state.version is not None and state.version != record.version:
+        gates.append(_non_inferiority(settings, evaluation, state.version))
+    outcome: Outcome
+    if any(not g.passed for g in gates):
+        outcome, after = "rejected", state.version
+    elif state.version == record.version:
+        outcome, after = "promoted", state.version  # already champion: nothing moves
     else:
-        decision.outcome = "lost_race"  # another promotion moved the alias first
-        decision.champion_after = read_alias(storage, name, "champion").version
-    decision.log_path = log_decision(storage, name, asdict(decision))
-    return decision
+        moved, after = _move(storage, name, state, record.version, decision_id)
+        outcome = "promoted" if moved else "lost_race"
+    decision = Decision(
+        id=decision_id,
+        at=at,
+        action="promote",
+        model=name,
+        candidate_version=record.version,
+        champion_before=state.version,
+        outcome=outcome,
+        champion_after=after,
+        gates=gates,
+        evaluation=evaluation.folder,
+    )
+    return _logged(storage, decision)
 
 
 def rollback(settings: Settings, name: str | None = None) -> Decision:
     """Point the champion back at the version it replaced."""
     storage = Storage.from_settings(settings)
     name = name or settings.model.name
-    state = read_alias(storage, name, "champion")
-    decision = _new_decision("rollback", name, state.previous_version, state.version)
+    state = read_alias(storage, name, CHAMPION)
+    at, decision_id = _now(), secrets.token_hex(4)
+    outcome: Outcome
     if state.previous_version is None:
-        decision.outcome = "nothing_to_roll_back"
-    elif move_alias(storage, name, state, state.previous_version, decision.id):
-        decision.outcome, decision.champion_after = "rolled_back", state.previous_version
+        outcome, after = "nothing_to_roll_back", state.version
     else:
-        decision.outcome = "lost_race"
-        decision.champion_after = read_alias(storage, name, "champion").version
-    decision.log_path = log_decision(storage, name, asdict(decision))
-    return decision
+        moved, after = _move(storage, name, state, state.previous_version, decision_id)
+        outcome = "rolled_back" if moved else "lost_race"
+    decision = Decision(
+        id=decision_id,
+        at=at,
+        action="rollback",
+        model=name,
+        candidate_version=state.previous_version,
+        champion_before=state.version,
+        outcome=outcome,
+        champion_after=after,
+    )
+    return _logged(storage, decision)

@@ -1,4 +1,5 @@
-"""Tests for lungcls.evaluate.metrics: hand-checked values, bootstrap behaviour and edge cases."""
+"""Tests for lungcls.evaluate.metrics, .bootstrap and .operating_point: hand-checked values,
+bootstrap behaviour and edge cases."""
 
 from __future__ import annotations
 
@@ -7,19 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from lungcls.evaluate import metrics
+from lungcls.evaluate import bootstrap
+from lungcls.evaluate.bootstrap import bootstrap_intervals, paired_auc_difference, roc_band
 from lungcls.evaluate.metrics import (
     METRIC_NAMES,
     band,
     binary_metrics,
-    bootstrap_intervals,
     expected_calibration_error,
-    operating_point,
-    paired_auc_difference,
-    robust_operating_point,
-    roc_band,
     subgroup_table,
 )
+from lungcls.evaluate.operating_point import operating_point, robust_operating_point
 
 # 4 TP, 1 FN, 3 TN, 2 FP at threshold 0.5.
 HAND_LABELS = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
@@ -125,7 +123,7 @@ def test_robust_operating_point_matches_materialised_resamples() -> None:
     robust = robust_operating_point(labels, scores, groups, 0.95, 0.8, 200, 0)
     # The same rounds, drawn as explicit resamples and solved one by one.
     points = []
-    for weights in metrics._patient_resamples(groups, labels.size, 200, 0):
+    for weights in bootstrap.patient_resamples(groups, labels.size, 200, 0):
         for w in weights.astype(int):
             index = np.repeat(np.arange(labels.size), w)
             if labels[index].max() == 1:
@@ -144,7 +142,7 @@ def test_weighted_metrics_match_sklearn_on_materialised_resamples(seed: int) -> 
     scores = np.round(scores, 1)  # ties exercise the tie handling of ROC and PR AUC
     rng = np.random.default_rng(seed)
     weights = rng.integers(0, 3, size=(20, labels.size)).astype(float)
-    vectorised = metrics._weighted_metrics(labels, scores, weights, 0.5)
+    vectorised = bootstrap._weighted_metrics(labels, scores, weights, 0.5)
     for row, counts in enumerate(weights.astype(int)):
         taken = np.repeat(np.arange(labels.size), counts)
         reference = binary_metrics(labels[taken], scores[taken], 0.5)
@@ -292,7 +290,7 @@ def test_band() -> None:
 def test_bootstrap_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
     data = patients(50, 2, 0.3, seed=8)
     whole = bootstrap_intervals(*data, 0.5, rounds=250, seed=3)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7 * 100)  # 7 rounds per chunk
+    monkeypatch.setattr(bootstrap, "_CHUNK_ELEMENTS", 7 * 100)  # 7 rounds per chunk
     chunked = bootstrap_intervals(*data, 0.5, rounds=250, seed=3)
     for name in METRIC_NAMES:
         assert chunked[name] == pytest.approx(whole[name]), name

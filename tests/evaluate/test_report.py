@@ -1,4 +1,5 @@
-"""Tests for lungcls.evaluate.report: real PNGs, Markdown and self-contained HTML."""
+"""Tests for lungcls.evaluate.plots and .render: real PNGs, Markdown and self-contained HTML,
+and the key-metric rows the CLI and the Prefect artifacts share."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from lungcls.evaluate.metrics import METRIC_NAMES
-from lungcls.evaluate.report import NOT_A_DEVICE, PLOTS, render_html, render_markdown, render_plots
+from lungcls.evaluate.plots import PLOTS, render_plots
+from lungcls.evaluate.render import NOT_A_DEVICE, render_html, render_markdown
+from lungcls.evaluate.report import EvaluationReport
 
 PNG_SIGNATURE = b"\x89PNG"
 
@@ -29,7 +32,7 @@ def images(predictions: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, 
     return render_plots(*predictions, threshold=0.45, rounds=100, seed=0)
 
 
-def metric_block(threshold: float, shift: float) -> dict:
+def metric_block(threshold: float, shift: float) -> dict[str, object]:
     values = {name: 0.8 + shift for name in METRIC_NAMES}
     values.update(roc_auc=0.912, tp=7, fp=1, tn=7, fn=1)
     ci95 = {name: [0.7 + shift, 0.9 + shift] for name in METRIC_NAMES}
@@ -37,7 +40,7 @@ def metric_block(threshold: float, shift: float) -> dict:
     return {"threshold": threshold, "values": values, "ci95": ci95}
 
 
-REPORT = {
+REPORT_JSON = {
     "schema": "lungcls.evaluation/1",
     "created_at": "2026-11-26T20:00:00+00:00",
     "model": {
@@ -51,10 +54,13 @@ REPORT = {
         "val": {"samples": 12, "positives": 6, "patients": 10},
         "test": {"samples": 16, "positives": 8, "patients": 13},
     },
+    "calibration": {"method": "platt", "fitted_on": "val", "slope": 1.2, "intercept": -0.1},
     "operating_point": {
         "target_sensitivity": 0.95,
         "threshold": 0.31,
         "chosen_on": "val",
+        "confidence": 0.0,
+        "val_threshold_at_target": 0.31,
         "val_sensitivity": 1.0,
         "val_specificity": 0.83,
     },
@@ -81,16 +87,25 @@ REPORT = {
     ],
     "bootstrap": {"rounds": 1000, "seed": 0, "unit": "patient", "level": 0.95},
     "contracts": {
-        "ct-series": {"name": "ct-series", "version": "2", "rows": 30, "rows_rejected": 1}
+        "ct-series": {
+            "name": "ct-series",
+            "version": "2",
+            "sha256": "0" * 64,
+            "evaluated_expectations": 12,
+            "rows": 30,
+            "rows_rejected": 1,
+        }
     },
     "model_card": {
         "intended_use": "Research on lung nodule malignancy classification.",
         "not_intended_for": "Diagnosis or any clinical decision.",
-        "data": "Pseudonymous CT series.",
         "limitations": ["Few test patients.", "One scanner vendor dominates."],
         "ethical_considerations": "Errors could <b>mislead</b> readers.",
+        "data": "Pseudonymous CT series.",
     },
+    "plots": sorted(PLOTS),
 }
+REPORT = EvaluationReport.from_json(REPORT_JSON, "the test report")
 
 
 def test_render_plots_returns_every_png(images: dict[str, bytes]) -> None:
@@ -137,21 +152,34 @@ def test_markdown_content() -> None:
     assert "| ct-series | 2 | 30 | 1 |" in markdown
 
 
-def test_markdown_tolerates_missing_optional_parts() -> None:
-    minimal = {
-        "model": {"name": "m", "version": 1},
-        "metrics": {"at_0.5": {"threshold": 0.5, "values": {"accuracy": 0.75}}},
-    }
-    markdown = render_markdown(minimal)
-    assert "m v1" in markdown
-    assert "| Accuracy | accuracy | 0.750 |" in markdown
-    assert "Subgroups" not in markdown and "Model card" not in markdown
+def test_markdown_leaves_out_empty_parts_and_says_n_a() -> None:
+    report = copy.deepcopy(REPORT_JSON)
+    report["subgroups"], report["contracts"] = [], {}
+    report["metrics"]["at_0.5"]["values"]["ppv"] = float("nan")
+    report["metrics"]["at_0.5"]["ci95"]["ppv"] = [None, None]
+    markdown = render_markdown(EvaluationReport.from_json(report))
+    assert "Subgroups" not in markdown and "Data contracts" not in markdown
+    assert "| PPV (precision) | ppv | n/a |" in markdown
 
 
 def test_markdown_escapes_table_pipes() -> None:
-    report = copy.deepcopy(REPORT)
+    report = copy.deepcopy(REPORT_JSON)
     report["subgroups"][0]["value"] = "GE|MEDICAL"
-    assert "GE\\|MEDICAL" in render_markdown(report)
+    assert "GE\\|MEDICAL" in render_markdown(EvaluationReport.from_json(report))
+
+
+def test_key_metrics_rows_are_rounded_with_intervals_and_counts() -> None:
+    rows = {row["metric"]: row for row in REPORT.key_metrics_rows()}
+    assert list(rows)[: len(METRIC_NAMES)] == list(METRIC_NAMES)
+    assert rows["roc_auc"] == {
+        "metric": "roc_auc",
+        "value": 0.912,
+        "95% CI low": 0.85,
+        "95% CI high": 0.967,
+    }
+    assert rows["tp"] == {"metric": "tp", "value": 7, "95% CI low": None, "95% CI high": None}
+    assert "threshold 0.310, chosen on val" in REPORT.key_metrics_caption()
+    assert REPORT.headline().startswith("model lung-nodule-cnn v3 on lung-nodules v1 test;")
 
 
 def test_html_is_self_contained(images: dict[str, bytes]) -> None:

@@ -1,0 +1,101 @@
+"""`model.json`: what a model version is, what it was trained on, how, and how well.
+
+The record is written last with an exclusive create (`store.publish_model`): it is the commit
+point of a version. Everything downstream (evaluation, promotion, prediction) reads the
+network's shape, preprocessing and training data from here, never from settings of today.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import SerializerFunctionWrapHandler, model_serializer
+
+from lungcls.config import ModelSettings, TrainSettings
+from lungcls.dataset.manifest import DatasetRef, PreprocessInfo
+from lungcls.io.records import Part, Record
+from lungcls.train.runs import EpochMetrics
+
+
+class BestEpoch(Part):
+    """The epoch whose weights were published; its val AUC is None when not estimable."""
+
+    epoch: int
+    val_auc: float | None
+
+
+class TrainingEnvironment(Part):
+    """Library versions and hardware of the training run, to explain differences later."""
+
+    python: str
+    torch: str
+    ray: str
+    platform: str
+    device: str
+    workers: int
+    cpu_count: int | None
+
+
+class TuneTrial(Part):
+    """One hyperparameter trial: its sampled configuration (free-form) and result."""
+
+    config: dict[str, Any]
+    val_auc: float | None
+    epochs: int
+
+
+class TuneSummary(Part):
+    """The hyperparameter search a tuned model came out of."""
+
+    search: str
+    space: str
+    trials: list[TuneTrial]
+    best_trial: str
+    best_config: dict[str, Any]
+
+
+class ModelRecord(Record):
+    """`models/<name>/v<N>/model.json`.
+
+    `settings` is the resolved configuration of the run, secrets masked: kept as plain data,
+    since it documents the run and nothing reads it back as settings. `tune` is present only
+    for a model published by a hyperparameter search. `name` and `version` are set by
+    `publish_model` when it claims the version number (0 until then).
+    """
+
+    SCHEMA: ClassVar[str] = "lungcls.model/1"
+
+    created_at: str
+    train_run: str
+    dataset: DatasetRef
+    preprocess: PreprocessInfo  # scoring new data must repeat it exactly
+    tensor_shape: list[int]
+    tensor_dtype: str
+    model: ModelSettings
+    train: TrainSettings
+    best: BestEpoch
+    history: list[EpochMetrics]
+    environment: TrainingEnvironment
+    settings: dict[str, Any]
+    tune: TuneSummary | None = None
+    name: str = ""
+    version: int = 0
+
+    @model_serializer(mode="wrap")
+    def _tune_only_when_tuned(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.tune is None:
+            data.pop("tune", None)
+        return data
+
+    @property
+    def folder(self) -> str:
+        """The version's folder under the storage root."""
+        return model_dir(self.name, self.version)
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+def model_dir(name: str, version: int) -> str:
+    return f"models/{name}/v{version}"
