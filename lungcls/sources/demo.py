@@ -26,13 +26,5 @@ def ensure_demo_batch(settings: Settings, options: SynthOptions = DEMO_OPTIONS) 
     if storage.exists(f"{batch_dir}/labels.csv"):
         print(f"synth: {storage.url(batch_dir)} already there, kept")
         return
-    scans = synth_batch(storage, DEMO_BATCH, options)
+    scans = synth_batch(storage, DEMO_BATCH, options, settings.ingest.inbox)
     print(f"synth: {len(scans)} synthetic CT series written to {storage.url(batch_dir)}")
-
-
-def print_outcome(summary: dict[str, object]) -> None:
-    """The last lines of `lungcls run` and `lungcls demo`: what happened, where to look."""
-    print(
-        f"retrain: candidate v{summary['candidate']} {summary['outcome']}; "
-        f"champion is v{summary['champion']}\nreport: {summary['report']}"
-    )

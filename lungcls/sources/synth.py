@@ -2,9 +2,10 @@
 
     lungcls synth --batch demo-001 --scans 40 --positive-fraction 0.5 --seed 0
 
-Writes `inbox/<batch>/archive-NNNN.zip|.tar.gz` (a mix, 1-2 series each) and `labels.csv`.
-Each series is a stack of CT Image Storage files with full geometry and rescale tags, and
-realistic *fake* identifiers (names, birth dates, addresses, institutions, accession
+Writes `<inbox>/<batch>/archive-NNNN.zip|.tar.gz` (a mix, 1-2 series each) and `labels.csv`,
+under the inbox folder of the settings (`ingest.inbox`). Each series is a stack of CT Image
+Storage files with full geometry and rescale tags (`dicom_writer`), and realistic *fake*
+identifiers (`fake_identities`: names, birth dates, addresses, institutions, accession
 numbers) so that de-identification can be tested. Positives carry a malignant-looking
 nodule; negatives none or a benign-looking one. The same seed gives byte-identical archives.
 """
@@ -12,76 +13,45 @@ nodule; negatives none or a benign-looking one. The same seed gives byte-identic
 from __future__ import annotations
 
 import csv
-import gzip
 import io
-import tarfile
-import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-from lungcls.ingest.dicom_series import CT_IMAGE_STORAGE
 from lungcls.io.storage import Storage
+from lungcls.sources.dicom_writer import (
+    STORED_MAX,
+    PixelMapping,
+    SeriesUids,
+    SlicePlane,
+    ct_series,
+    dicom_bytes,
+    pack_tar_gz,
+    pack_zip,
+)
+from lungcls.sources.fake_identities import (
+    SCANNERS,
+    FakeIdentity,
+    ScanIdentity,
+    Scanner,
+    fake_identity,
+    scan_identity,
+)
 from lungcls.sources.phantom import Geometry, Nodule, centered_geometry, render_chest, sample_nodule
 
-RESCALE_INTERCEPT = -1024.0
-_FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
-
-_FIRST = [
-    "Amira",
-    "Jonas",
-    "Leila",
-    "Mateo",
-    "Ingrid",
-    "Kwame",
-    "Sofia",
-    "Hiroshi",
-    "Noor",
-    "Elena",
-    "Tobias",
-    "Priya",
-    "Olusegun",
-    "Marta",
-    "Dmitri",
-    "Aiko",
-]
-_LAST = [
-    "Okafor",
-    "Lindqvist",
-    "Haddad",
-    "Moreau",
-    "Castillo",
-    "Novak",
-    "Tanaka",
-    "Brennan",
-    "Achterberg",
-    "Delacroix",
-    "Oyelaran",
-    "Vasquez",
-    "Kowalczyk",
-    "Abernathy",
-]
-_STREETS = ["Juniper Lane", "Harbour Road", "Kestrel Avenue", "Quarry Street", "Linden Way"]
-_CITIES = ["Eastbrook", "Marrowfield", "Port Ellison", "Castlereagh", "Wrenfold"]
-_INSTITUTIONS = [
-    "St. Wilfrid Regional Hospital",
-    "Northgate Cancer Center",
-    "Ashcombe University Clinic",
-    "Riverside Thoracic Institute",
-]
-SCANNERS = [
-    ("SIEMENS", "SOMATOM Definition AS", "B31f", 120.0),
-    ("GE MEDICAL SYSTEMS", "LightSpeed VCT", "STANDARD", 120.0),
-    ("Philips", "Brilliance 64", "B", 120.0),
-    ("TOSHIBA", "Aquilion ONE", "FC07", 100.0),
-]
+# A 12-bit scanner's mapping (slope 1: stored = HU + 1024), shown in a lung window.
+SCANNER_MAPPING = PixelMapping(
+    slope=1.0, intercept=-1024.0, window_center=-600.0, window_width=1500.0
+)
 
 
 @dataclass(frozen=True)
 class SynthOptions:
+    """What a synthetic batch holds: how many scans, their grid, noise and labels."""
+
     scans: int = 40
     positive_fraction: float = 0.5
     slices: int = 48
@@ -95,63 +65,6 @@ class SynthOptions:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class FakeIdentity:
-    """Identifying attributes of one fake patient: what de-identification must remove."""
-
-    patient_id: str
-    patient_name: str
-    birth_date: str
-    sex: str
-    address: str
-    telephone: str
-    other_patient_id: str
-    institution: str
-    institution_address: str
-    referring_physician: str
-    operator: str
-
-    def values(self) -> list[str]:
-        """The distinctive values a leak test searches for."""
-        return [
-            self.patient_id,
-            self.patient_name,
-            self.birth_date,
-            self.address,
-            self.telephone,
-            self.other_patient_id,
-            self.institution,
-            self.institution_address,
-            self.referring_physician,
-            self.operator,
-        ]
-
-
-@dataclass(frozen=True)
-class ScanIdentity:
-    """UIDs and study attributes of one series; all of them are identifiers too."""
-
-    study_uid: str
-    series_uid: str
-    frame_of_reference_uid: str
-    accession_number: str
-    study_id: str
-    study_date: str
-    study_time: str
-    station_name: str
-    device_serial: str
-
-    def values(self) -> list[str]:
-        return [
-            self.study_uid,
-            self.series_uid,
-            self.frame_of_reference_uid,
-            self.accession_number,
-            self.study_date,
-            self.device_serial,
-        ]
-
-
 @dataclass
 class SynthScan:
     """Ground truth for one generated series (tests compare ingest output against it)."""
@@ -162,45 +75,9 @@ class SynthScan:
     label: int | None
     nodule: Nodule | None
     geometry: Geometry
-    scanner: tuple[str, str, str, float]
+    scanner: Scanner
     sop_uids: list[str] = field(default_factory=list)
     archive: str = ""
-
-
-def fake_identity(rng: np.random.Generator, number: int) -> FakeIdentity:
-    first, last = rng.choice(_FIRST), rng.choice(_LAST)
-    year, month, day = rng.integers(1938, 1990), rng.integers(1, 13), rng.integers(1, 29)
-    house = rng.integers(2, 480)
-    return FakeIdentity(
-        patient_id=f"MRN{rng.integers(10**7, 10**8)}{number:03d}",
-        patient_name=f"{last}^{first}",
-        birth_date=f"{year:04d}{month:02d}{day:02d}",
-        sex=str(rng.choice(["F", "M"])),
-        address=f"{house} {rng.choice(_STREETS)}, {rng.choice(_CITIES)}",
-        telephone=f"+44 {rng.integers(1000, 9999)} {rng.integers(100000, 999999)}",
-        other_patient_id=f"NHS{rng.integers(10**9, 10**10)}",
-        institution=str(rng.choice(_INSTITUTIONS)),
-        institution_address=f"{rng.integers(1, 99)} Infirmary Road, {rng.choice(_CITIES)}",
-        referring_physician=f"{rng.choice(_LAST)}^{rng.choice(_FIRST)}^^Dr",
-        operator=f"{rng.choice(_LAST)}^{rng.choice(_FIRST)}",
-    )
-
-
-def scan_identity(rng: np.random.Generator, seed: int, index: int) -> ScanIdentity:
-    def uid(kind: str) -> str:
-        return generate_uid(entropy_srcs=[f"lungcls-synth-{seed}", kind, str(index)])
-
-    return ScanIdentity(
-        study_uid=uid("study"),
-        series_uid=uid("series"),
-        frame_of_reference_uid=uid("frame"),
-        accession_number=f"ACC{rng.integers(10**8, 10**9)}",
-        study_id=f"ST{rng.integers(10**5, 10**6)}",
-        study_date=f"20{rng.integers(15, 25)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}",
-        study_time=f"{rng.integers(7, 19):02d}{rng.integers(0, 60):02d}00",
-        station_name=f"CTSTATION{rng.integers(10, 99)}",
-        device_serial=f"SN{rng.integers(10**6, 10**7)}",
-    )
 
 
 def ct_datasets(
@@ -208,106 +85,51 @@ def ct_datasets(
     geometry: Geometry,
     patient: FakeIdentity,
     scan: ScanIdentity,
-    scanner: tuple[str, str, str, float],
+    scanner: Scanner,
     seed: int,
 ) -> list[Dataset]:
     """One CT Image Storage dataset per slice of an HU volume (z, y, x), ready to save."""
-    manufacturer, model, kernel, kvp = scanner
-    stored = np.clip(np.rint(hu) - RESCALE_INTERCEPT, 0, 4095).astype("<u2")
-    ox, oy, oz = geometry.origin_xyz_mm
-    dz, dy, dx = geometry.spacing_zyx_mm
-    out = []
-    for k in range(hu.shape[0]):
-        sop_uid = generate_uid(entropy_srcs=[f"lungcls-synth-{seed}", scan.series_uid, str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.preamble = b"\0" * 128
-        ds.SOPClassUID = CT_IMAGE_STORAGE
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = scan.study_uid
-        ds.SeriesInstanceUID = scan.series_uid
-        ds.FrameOfReferenceUID = scan.frame_of_reference_uid
-        ds.PatientName = patient.patient_name
-        ds.PatientID = patient.patient_id
-        ds.PatientBirthDate = patient.birth_date
-        ds.PatientSex = patient.sex
-        ds.PatientAddress = patient.address
-        ds.PatientTelephoneNumbers = patient.telephone
-        ds.OtherPatientIDs = patient.other_patient_id
-        ds.InstitutionName = patient.institution
-        ds.InstitutionAddress = patient.institution_address
-        ds.ReferringPhysicianName = patient.referring_physician
-        ds.OperatorsName = patient.operator
-        ds.AccessionNumber = scan.accession_number
-        ds.StudyID = scan.study_id
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = scan.study_date
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = scan.study_time
-        ds.StationName = scan.station_name
-        ds.DeviceSerialNumber = scan.device_serial
-        ds.StudyDescription = "CT CHEST LOW DOSE"
-        ds.SeriesDescription = f"AXIAL {dz:g}mm {kernel}"
-        ds.Modality = "CT"
-        ds.Manufacturer = manufacturer
-        ds.ManufacturerModelName = model
-        ds.ConvolutionKernel = kernel
-        ds.KVP = kvp
-        ds.BodyPartExamined = "CHEST"
-        ds.SeriesNumber = 2
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [f"{ox:.4f}", f"{oy:.4f}", f"{oz + k * dz:.4f}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceLocation = f"{oz + k * dz:.4f}"
-        ds.SliceThickness = f"{dz:g}"
-        ds.PixelSpacing = [f"{dy:g}", f"{dx:g}"]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = f"{RESCALE_INTERCEPT:g}"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.WindowCenter, ds.WindowWidth = "-600", "1500"
-        ds.PixelData = stored[k].tobytes()
-        out.append(ds)
-    return out
+    stored = np.clip(np.rint(hu) - SCANNER_MAPPING.intercept, 0, STORED_MAX).astype("<u2")
+    instances = tuple(
+        generate_uid(entropy_srcs=[f"lungcls-synth-{seed}", scan.series_uid, str(k)])
+        for k in range(hu.shape[0])
+    )
+    uids = SeriesUids(scan.study_uid, scan.series_uid, scan.frame_of_reference_uid, instances)
+    header = series_header(patient, scan, scanner, geometry.spacing_zyx_mm[0])
+    return ct_series(stored, SlicePlane.axial_stack(geometry), SCANNER_MAPPING, uids, header)
 
 
-def dicom_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def pack_zip(members: list[tuple[str, bytes]]) -> bytes:
-    """A zip whose bytes depend only on the members (fixed timestamps and attributes)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members:
-            info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-    return buffer.getvalue()
-
-
-def pack_tar_gz(members: list[tuple[str, bytes]]) -> bytes:
-    """A tar.gz whose bytes depend only on the members (mtime 0, no owner names)."""
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as archive,
-    ):
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def series_header(
+    patient: FakeIdentity, scan: ScanIdentity, scanner: Scanner, slice_step_mm: float
+) -> Dataset:
+    """Who and what a synthetic series is: the fake patient, study, equipment."""
+    ds = Dataset()
+    ds.PatientName = patient.patient_name
+    ds.PatientID = patient.patient_id
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex
+    ds.PatientAddress = patient.address
+    ds.PatientTelephoneNumbers = patient.telephone
+    ds.OtherPatientIDs = patient.other_patient_id
+    ds.InstitutionName = patient.institution
+    ds.InstitutionAddress = patient.institution_address
+    ds.ReferringPhysicianName = patient.referring_physician
+    ds.OperatorsName = patient.operator
+    ds.AccessionNumber = scan.accession_number
+    ds.StudyID = scan.study_id
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = scan.study_date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = scan.study_time
+    ds.StationName = scan.station_name
+    ds.DeviceSerialNumber = scan.device_serial
+    ds.StudyDescription = "CT CHEST LOW DOSE"
+    ds.SeriesDescription = f"AXIAL {slice_step_mm:g}mm {scanner.kernel}"
+    ds.Manufacturer = scanner.manufacturer
+    ds.ManufacturerModelName = scanner.model
+    ds.ConvolutionKernel = scanner.kernel
+    ds.KVP = scanner.kvp
+    ds.BodyPartExamined = "CHEST"
+    ds.SeriesNumber = 2
+    return ds
 
 
 def plan_scans(options: SynthOptions) -> list[SynthScan]:
@@ -400,8 +222,11 @@ def labels_csv(scans: list[SynthScan]) -> str:
     return buffer.getvalue()
 
 
-def synth_batch(storage: Storage, batch: str, options: SynthOptions) -> list[SynthScan]:
-    """Write one synthetic batch under `inbox/<batch>/`; returns the ground truth."""
+def synth_batch(
+    storage: Storage, batch: str, options: SynthOptions, inbox: str = "inbox"
+) -> list[SynthScan]:
+    """Write one synthetic batch under `<inbox>/<batch>/` (`inbox`: the settings'
+    `ingest.inbox`); returns the ground truth."""
     scans = plan_scans(options)
     rng = np.random.default_rng([options.seed, 2])
     number, start = 0, 0
@@ -412,10 +237,10 @@ def synth_batch(storage: Storage, batch: str, options: SynthOptions) -> list[Syn
         use_zip = number % 2 == 0
         name = f"archive-{number:04d}" + (".zip" if use_zip else ".tar.gz")
         payload = pack_zip(members) if use_zip else pack_tar_gz(members)
-        rel = f"inbox/{batch}/{name}"
+        rel = f"{inbox}/{batch}/{name}"
         storage.write_atomic(rel, payload)
         for scan in group:
             scan.archive = rel
         number, start = number + 1, start + count
-    storage.write_atomic(f"inbox/{batch}/labels.csv", labels_csv(scans).encode())
+    storage.write_atomic(f"{inbox}/{batch}/labels.csv", labels_csv(scans).encode())
     return scans

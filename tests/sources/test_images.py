@@ -15,8 +15,9 @@ from PIL import Image
 
 from lungcls.cli import main
 from lungcls.config import Settings
-from lungcls.dataset.build import build_dataset, load_manifest
-from lungcls.dataset.shards import iter_samples, tensor_from_row
+from lungcls.dataset.build import build_dataset
+from lungcls.dataset.manifest import load_manifest
+from lungcls.dataset.shards import iter_samples
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.ingest.ledger import Ledger
 from lungcls.ingest.run import ingest
@@ -26,6 +27,7 @@ from lungcls.registry.promote import promote
 from lungcls.sources.images import (
     ImageImportError,
     ImportOptions,
+    ImportReport,
     PatientGroup,
     assign_splits,
     case_number,
@@ -111,7 +113,7 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
     result = import_images(str(tmp_path / "src"), storage, "imgs", options)
     assert result.images == 26 and result.quarantined == []
     # 14 numbers in groups of 3 -> 5 groups; 12 -> 4
-    assert result.classes == {
+    assert {name: entry.model_dump() for name, entry in result.classes.items()} == {
         "cancer": {"label": 1, "images": 14, "patients": 5},
         "normal": {"label": 0, "images": 12, "patients": 4},
     }
@@ -154,14 +156,14 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
 
     built = build_dataset(settings, progress=False)
     manifest = load_manifest(storage, built.name)
-    assert manifest["splits"]["assigned_patients"] == 9
+    assert manifest.splits.assigned_patients == 9
     assert built.counts == {
         "train": {"0": 6, "1": 9},
         "val": {"0": 3, "1": 3},
         "test": {"0": 3, "1": 2},  # cancer 13-14 (group 13-15) and normal 10-12
     }
-    for sample in iter_samples(storage, [s["path"] for s in manifest["shards"]]):
-        tensor = tensor_from_row(sample).astype(np.float32)
+    for sample in iter_samples(storage, [s.path for s in manifest.shards]):
+        tensor = sample.array().astype(np.float32)
         assert tensor.shape == (1, ROWS, COLUMNS)
         # The default preprocessing window is the import window: grey comes back as g/255.
         grey = np.rint(tensor[0] * 255)
@@ -187,7 +189,7 @@ def test_bad_inputs_are_refused_with_reasons(tmp_path: Path, settings: Settings)
     storage = Storage.from_settings(settings)
 
     result = import_images(str(src), storage, "b", ImportOptions(positive=("malignant",)))
-    codes = {item["member"]: item["code"] for item in result.quarantined}
+    codes = {item.member: item.code for item in result.quarantined}
     assert codes == {
         "malignant/notes.txt": "not_image",
         "malignant/malignant-010.png": "unreadable_image",
@@ -216,6 +218,23 @@ def test_cli_import_images(tmp_path: Path, settings: Settings, capsys) -> None:
     assert main([*into, "--batch", "b", *whole]) == 0  # an external set: all test
     printed = json.loads(capsys.readouterr().out)
     assert printed["splits"]["test"] == {"0": 5, "1": 4} and printed["patients"] == 5
+    report = ImportReport.load(Storage(settings.root), printed["report"])
+    assert report.model_dump(include=set(printed)) == printed  # the summary, and more:
+    assert report.options.positive == ("pos",) and report.options.test_range == (0.0, 1.0)
+    assert [g.split for g in report.groups] == ["test"] * 5
+    assert report.pixel_mapping.rescale_intercept == "-1350"
+    assert main([*into, "--batch", "d", *whole[:-1]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "9 images as 5 pseudonymous patients in 5 archives, 0 refused" in lines[0]
+    assert lines[0].endswith("/import.json") and "/inbox/d;" in lines[0]
+    assert lines[1:] == [
+        "  class neg          label 0      5 images     3 patients",
+        "  class pos          label 1      4 images     2 patients",
+        "  train  negative     0  positive     0",
+        "  val    negative     0  positive     0",
+        "  test   negative     5  positive     4",
+        "  gap    negative     0  positive     0",
+    ]
     assert main([*into, "--batch", "c", "--positive", "pos", "--window", "x"]) == 2
     assert "--window 'x'" in capsys.readouterr().err
 
@@ -255,12 +274,12 @@ def test_champion_scores_another_imported_batch(tmp_path: Path, capsys) -> None:
     key = json.loads(capsys.readouterr().out)
     assert key["dataset"] == {"name": "more", "version": 1}
     home = evaluate_model(settings, version="champion")
-    assert key["operating_point"]["threshold"] == home.report["operating_point"]["threshold"]
+    assert key["operating_point"]["threshold"] == home.report.operating_point.threshold
     assert key["operating_point"]["chosen_on"] == "val of home v1"
     assert 0.0 <= key["test"]["roc_auc"]["value"] <= 1.0
     report = json.loads(Path(key["report"]["json"].removeprefix("file://")).read_text())
-    assert report["calibration"] == home.report["calibration"]
-    counts = load_manifest(Storage.from_settings(settings), "home")["counts"]
+    assert report["calibration"] == home.report.calibration.model_dump()
+    counts = load_manifest(Storage.from_settings(settings), "home").counts
     seen = sum(int(n) for split in ("train", "val") for n in counts[split].values())
     assert report["external"]["excluded_seen_in_training"] == seen == 16
     assert report["external"]["samples_scored"] == 8 + 9  # batch a's test split + batch b

@@ -6,12 +6,19 @@ import csv
 import io
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
+from lungcls.cli import main
+from lungcls.config import load_settings
+from lungcls.ingest.archive import discover_archives
 from lungcls.io.storage import Storage
+from lungcls.sources.demo import DEMO_BATCH, ensure_demo_batch
 from lungcls.sources.synth import SynthOptions, synth_batch
+from tests.support import TEST_KEY
 
 OPTIONS = SynthOptions(
     scans=6, slices=8, rows=40, columns=40, pixel_spacing_mm=8.0, slice_spacing_mm=6.0, seed=5
@@ -97,3 +104,29 @@ def test_slice_mode_cuts_through_the_nodule(storage: Storage) -> None:
         assert scan.geometry.shape_zyx[0] == 1
         assert scan.nodule is not None
         assert scan.geometry.origin_xyz_mm[2] == scan.nodule.center_xyz_mm[2]
+
+
+def test_synth_and_the_demo_write_into_the_configured_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ingest.inbox` set to another folder: `lungcls synth` and the demo batch go there,
+    where ingest looks, and nothing lands in the default `inbox/`."""
+    monkeypatch.setenv("LUNGCLS_INGEST__INBOX", "deliveries")
+    root = tmp_path / "root"
+    small = ["--scans", "3", "--slices", "8", "--rows", "40", "--columns", "40"]
+    grid = ["--pixel-spacing", "8", "--slice-spacing", "6", "--seed", "5"]
+    assert main(["--root", str(root), "synth", "--batch", "b", *small, *grid]) == 0
+    assert "deliveries/b" in capsys.readouterr().out
+    settings = load_settings(None, root=str(root), pseudonym_key=TEST_KEY)
+    assert settings.ingest.inbox == "deliveries"
+    ensure_demo_batch(settings, OPTIONS)
+    storage = Storage.from_settings(settings)
+    archives, labels = discover_archives(storage, "deliveries")
+    assert {a.batch for a in archives} == {"b", DEMO_BATCH}
+    assert {info.path for info in labels} == {
+        "deliveries/b/labels.csv",
+        f"deliveries/{DEMO_BATCH}/labels.csv",
+    }
+    assert not (root / "inbox").exists()
+    ensure_demo_batch(settings, OPTIONS)
+    assert "already there, kept" in capsys.readouterr().out
