@@ -65,10 +65,10 @@ def main() -> None:
         import ray
 
         ray.shutdown()  # before its folder under `tmp` goes away
-    assert first["trained"] and not second["trained"] and not second["gated"]
+    assert first.trained and not second.trained and not second.gated
     report = {
         "first_retrain_s": round(first_s, 1),
-        "first_outcome": first["outcome"],
+        "first_outcome": first.outcome,
         "second_retrain_unchanged_inbox_s": round(second_s, 2),
         "ratio_second_to_first": round(second_s / first_s, 4),
         "ephemeral_api_start_s": round(api_s, 1),

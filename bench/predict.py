@@ -36,9 +36,10 @@ import torch
 from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
 from lungcls.ingest.archive import discover_archives
+from lungcls.ingest.decode import decode_archive
 from lungcls.ingest.deid import pseudonym_key
 from lungcls.ingest.labels import parse_labels
-from lungcls.ingest.run import decode_archive, ingest
+from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
 from lungcls.predict.batch import Scorer, _center, predict_batch
 from lungcls.registry.promote import promote

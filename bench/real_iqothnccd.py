@@ -36,10 +36,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcls.config import Settings
-from lungcls.dataset.build import build_dataset, load_manifest
-from lungcls.dataset.shards import iter_samples, tensor_from_row
+from lungcls.dataset.build import build_dataset
+from lungcls.dataset.manifest import Manifest, load_manifest
+from lungcls.dataset.shards import iter_samples
+from lungcls.evaluate.bootstrap import bootstrap_intervals, paired_auc_difference
 from lungcls.evaluate.evaluation import evaluate_model
-from lungcls.evaluate.metrics import bootstrap_intervals, paired_auc_difference
 from lungcls.ingest.run import ingest
 from lungcls.ingest.series_store import iter_series, volume_from_row
 from lungcls.io.storage import Storage
@@ -81,16 +82,16 @@ def settings_for(
     return Settings(**values)
 
 
-def shortcut_scores(storage: Storage, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+def shortcut_scores(storage: Storage, manifest: Manifest) -> dict[str, dict[str, float]]:
     """The rule's number per series, on native pixels and on the model's input tensors."""
     slope, intercept = (float(v) for v in nominal_rescale((-600.0, 1500.0)))
     out: dict[str, dict[str, float]] = {}
-    for sample in iter_samples(storage, [s["path"] for s in manifest["shards"]]):
-        tensor = tensor_from_row(sample).astype(np.float32)
-        out[sample["series_id"]] = {
-            "split": sample["split"],
-            "label": sample["label"],
-            "patient": sample["patient_id"],
+    for sample in iter_samples(storage, [s.path for s in manifest.shards]):
+        tensor = sample.array().astype(np.float32)
+        out[sample.series_id] = {
+            "split": sample.split,
+            "label": sample.label,
+            "patient": sample.patient_id,
             "tensor": float((tensor > BRIGHT).mean()),
         }
     for row in iter_series(storage, list(out)):
@@ -157,8 +158,8 @@ def run_range(
     decision = timed("promote_s", promote, settings, trained.model_version)
 
     report = evaluation.report
-    at_op = report["metrics"]["at_operating_point"]
-    values, ci = at_op["values"], at_op["ci95"]
+    at_op = report.metrics.at_operating_point
+    values, ci = at_op.values, at_op.ci95
     scores = evaluation.scores
     test = scores[scores["split"] == "test"].sort_values("series_id")
     val = scores[scores["split"] == "val"]
@@ -184,10 +185,10 @@ def run_range(
         "images": imported.images,
         "refused": len(imported.quarantined),
         "counts": built.counts,
-        "test_patients": report["splits"]["test"]["patients"],
+        "test_patients": report.splits["test"].patients,
         "auc": values["roc_auc"],
         "auc_ci95": ci["roc_auc"],
-        "operating_point": report["operating_point"],
+        "operating_point": report.operating_point.model_dump(),
         "sensitivity": values["sensitivity"],
         "sensitivity_ci95": ci["sensitivity"],
         "specificity": values["specificity"],

@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 import torch
 
 from lungcls.config import Settings
-from lungcls.dataset.build import build_dataset, load_manifest
+from lungcls.dataset.build import build_dataset
+from lungcls.dataset.manifest import load_manifest
 from lungcls.dataset.shards import TENSOR_COLUMN, Sample, iter_samples, write_shard
 from lungcls.ingest.run import ingest
 from lungcls.io.compute import ensure_ray
@@ -87,9 +88,7 @@ def make_shards(tmp: Path, args: argparse.Namespace) -> tuple[list[str], tuple[i
     ingest(settings, progress=False)
     built = build_dataset(settings, progress=False)
     manifest = load_manifest(storage, built.name, built.version)
-    samples = [
-        Sample(**row) for row in iter_samples(storage, [s["path"] for s in manifest["shards"]])
-    ]
+    samples = list(iter_samples(storage, [s.path for s in manifest.shards]))
     copies = [
         Sample(**{**s.to_row(), "sample_id": f"v{n}-{s.sample_id}", "tensor": variant(s, n)})
         for n in range(args.copies)
@@ -100,16 +99,14 @@ def make_shards(tmp: Path, args: argparse.Namespace) -> tuple[list[str], tuple[i
         info = write_shard(storage, f"bench-shards/shard-{f:03d}.parquet", copies[f :: args.files])
         paths.append(str((root / info.path).resolve()))
     facts = {
-        "dataset_samples": manifest["samples"],
-        "dataset_shards": len(manifest["shards"]),
-        "dataset_bytes_per_sample": round(
-            sum(s["bytes"] for s in manifest["shards"]) / len(samples)
-        ),
+        "dataset_samples": manifest.samples,
+        "dataset_shards": len(manifest.shards),
+        "dataset_bytes_per_sample": round(manifest.shard_bytes / len(samples)),
         "bench_samples": len(copies),
         "bench_files": len(paths),
         "bench_bytes_per_sample": round(sum(Path(p).stat().st_size for p in paths) / len(copies)),
     }
-    return paths, tuple(manifest["tensor"]["shape"]), facts
+    return paths, tuple(manifest.tensor_shape), facts
 
 
 def ray_map_batches(paths: list[str], shape: tuple[int, ...]) -> Iterator[dict[str, torch.Tensor]]:

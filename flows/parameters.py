@@ -26,6 +26,10 @@ class RunParameters(BaseModel):
         overrides = {"root": self.root} if self.root else {}
         return load_settings(self.config_file, **overrides)
 
+    def where(self) -> RunParameters:
+        """Only where to work: what every subflow of `retrain` is given."""
+        return RunParameters(config_file=self.config_file, root=self.root)
+
 
 class IngestParameters(RunParameters):
     batch: str | None = Field(
@@ -39,6 +43,17 @@ class RetrainParameters(IngestParameters):
         description="Train, evaluate and gate even when no new series arrived, ignoring "
         "cached results of earlier runs.",
     )
+
+    def for_ingest(self) -> IngestParameters:
+        return IngestParameters(**self.where().model_dump(), batch=self.batch)
+
+    def for_train(self, dataset_version: int) -> TrainParameters:
+        return TrainParameters(
+            **self.where().model_dump(), dataset_version=dataset_version, force=self.force
+        )
+
+    def for_evaluate(self, model_version: int) -> EvaluateParameters:
+        return EvaluateParameters(**self.where().model_dump(), model_version=str(model_version))
 
 
 class TrainParameters(RunParameters):
@@ -55,3 +70,8 @@ class EvaluateParameters(RunParameters):
         "such as 'champion'.",
     )
     force: bool = Field(False, description="Evaluate again even if a report exists.")
+
+    @property
+    def model_ref(self) -> str | None:
+        """The version or alias to resolve; None: the latest."""
+        return None if self.model_version == "latest" else self.model_version

@@ -28,8 +28,9 @@ def small_ct_series(index: int, n_slices: int = 4, size: int = 16, seed: int = 7
     """A tiny but complete CT series (pydicom datasets) with fake identifiers."""
     import numpy as np
 
+    from lungcls.sources.fake_identities import SCANNERS, fake_identity, scan_identity
     from lungcls.sources.phantom import centered_geometry
-    from lungcls.sources.synth import SCANNERS, ct_datasets, fake_identity, scan_identity
+    from lungcls.sources.synth import ct_datasets
 
     rng = np.random.default_rng([seed, index])
     geometry = centered_geometry((n_slices, size, size), (2.0, 1.5, 1.5))
@@ -40,38 +41,37 @@ def small_ct_series(index: int, n_slices: int = 4, size: int = 16, seed: int = 7
 
 
 def train_in_process(settings: Settings, steps: int, seed: int = 0) -> int:
-    """Train a real model on a dataset version's train shards without Ray (full batch, AdamW)
-    and publish it as a model version: for tests of what comes after training."""
+    """Train a real model on a dataset version's train shards without Ray (full batch, AdamW,
+    `lungcls.train.loop.train_epoch`) and publish it as a model version: for tests of what
+    comes after training."""
     import numpy as np
     import torch
 
-    from lungcls.dataset.build import load_manifest
-    from lungcls.dataset.shards import iter_samples, tensor_from_row
+    from lungcls.dataset.manifest import load_manifest
+    from lungcls.dataset.shards import iter_samples
     from lungcls.io.storage import Storage
+    from lungcls.registry.records import BestEpoch
     from lungcls.registry.store import publish_model, serialise_model
+    from lungcls.train.loop import train_epoch
     from lungcls.train.models import build_model
     from lungcls.train.trainer import model_record
 
     storage = Storage.from_settings(settings)
     manifest = load_manifest(storage, settings.dataset.name)
-    rows = list(
-        iter_samples(storage, [s["path"] for s in manifest["shards"] if s["split"] == "train"])
-    )
-    x = torch.from_numpy(np.stack([tensor_from_row(r).astype(np.float32) for r in rows]))
-    y = torch.tensor([float(r["label"]) for r in rows])
+    samples = list(iter_samples(storage, [s.path for s in manifest.shards_of("train")]))
+    x = torch.from_numpy(np.stack([s.array().astype(np.float32) for s in samples]))
+    y = torch.tensor([float(s.label) for s in samples])
     torch.manual_seed(seed)
-    model = build_model(settings.model, manifest["tensor"]["shape"], seed)
+    model = build_model(settings.model, manifest.tensor_shape, seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.train()
-    for _ in range(steps):
-        optimiser.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimiser.step()
-    best = {"epoch": steps - 1, "val_auc": float("nan")}
+    full_batch = [{"x": x, "label": y}]
+    for _ in range(steps):  # one step per pass: the library's loop, without Ray
+        train_epoch(model, full_batch, optimiser, loss_fn)
+    best = BestEpoch(epoch=steps - 1, val_auc=None)
     record = model_record(settings, manifest, f"test-{steps}-steps", [], best)
     return publish_model(
-        storage, settings.model.name, serialise_model(model, record["tensor_shape"]), record
+        storage, settings.model.name, serialise_model(model, record.tensor_shape), record
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from lungcls.config import Settings, load_settings
 
@@ -30,8 +30,11 @@ def add_command(commands: Commands, name: str, handler: Handler, help_: str) -> 
     return sub
 
 
-def print_counts(counts: dict[str, dict[str, int]]) -> None:
-    for split, by_label in counts.items():
-        print(
-            f"  {split:<5}  negative {by_label.get('0', 0):>5}  positive {by_label.get('1', 0):>5}"
-        )
+class Printable(Protocol):
+    def to_json(self) -> bytes: ...
+
+
+def show(record: Printable, as_json: bool, lines: list[str]) -> int:
+    """Print a command's result: the whole record as JSON, or its lines for people."""
+    print(record.to_json().decode() if as_json else "\n".join(lines))
+    return 0

@@ -4,9 +4,8 @@ and dataset versions."""
 from __future__ import annotations
 
 import argparse
-import json
 
-from lungcls.cli.common import Commands, add_command, print_counts, settings_from
+from lungcls.cli.common import Commands, add_command, settings_from, show
 from lungcls.config import ConfigError
 
 
@@ -29,7 +28,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     storage = Storage.from_settings(settings)
-    scans = synth_batch(storage, args.batch, options)
+    scans = synth_batch(storage, args.batch, options, settings.ingest.inbox)
     archives = sorted({s.archive for s in scans})
     positives = sum(s.label == 1 for s in scans)
     print(
@@ -67,24 +66,8 @@ def cmd_import_images(args: argparse.Namespace) -> int:
     result = import_images(
         args.source, storage, args.batch, options, settings.ingest.inbox, settings.s3_endpoint_url
     )
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-        return 0
-    print(
-        f"{result.run_id}: {result.images} images as {result.patients} pseudonymous patients "
-        f"in {result.archives} archives, {len(result.quarantined)} refused; batch at "
-        f"{result.batch_url}; report {storage.url(result.report)}"
-    )
-    for name, entry in result.classes.items():
-        print(
-            f"  class {name:<12} label {entry['label']}  {entry['images']:>5} images  "
-            f"{entry['patients']:>4} patients"
-        )
-    if result.splits:
-        print_counts(result.splits)
-    for item in result.quarantined:
-        print(f"  refused {item['member']}: {item['code']}: {item['message']}")
-    return 0
+    report_url = storage.url(result.report)
+    return show(result, args.json, result.summary_lines(report_url))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -92,20 +75,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     summary = ingest(settings, batch=args.batch, progress=None if not args.json else False)
-    if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
-        return 0
-    print(
-        f"{summary.run_id}: {summary.archives_seen} archives seen, "
-        f"{summary.archives_ingested} ingested, {summary.archives_skipped} skipped, "
-        f"{summary.archives_rejected} rejected; {summary.series_ingested} series ingested, "
-        f"{summary.series_quarantined} series and {summary.files_quarantined} files quarantined "
-        f"({summary.seconds:.1f} s)"
-    )
-    for item in summary.quarantined:
-        where = item.get("member") or item.get("series_id") or item.get("row") or ""
-        print(f"  quarantined {item['level']} {where}: {item['code']}: {item['message']}")
-    return 0
+    return show(summary, args.json, summary.summary_lines())
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
@@ -115,25 +85,11 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     if args.batch:
         settings.dataset.batches = args.batch
     result = build_dataset(settings, name=args.name, progress=None if not args.json else False)
-    if args.json:
-        print(json.dumps(vars(result), indent=2))
-        return 0
-    if not result.created:
-        print(f"dataset {result.name} v{result.version} is up to date: no new data, no new version")
-        return 0
-    print(
-        f"dataset {result.name} v{result.version}: {result.preprocessed} series preprocessed, "
-        f"{result.reused_shards} shards reused, {len(result.quarantined)} quarantined "
-        f"({result.seconds:.1f} s); manifest {result.manifest_path}"
-    )
-    print_counts(result.counts)
-    for item in result.quarantined:
-        print(f"  quarantined {item.get('series_id', '')}: {item['code']}: {item['message']}")
-    return 0
+    return show(result, args.json, result.summary_lines())
 
 
 def cmd_dataset_list(args: argparse.Namespace) -> int:
-    from lungcls.dataset.build import list_versions, load_manifest
+    from lungcls.dataset.manifest import list_versions, load_manifest
     from lungcls.io.storage import Storage
 
     settings = settings_from(args)
@@ -143,55 +99,28 @@ def cmd_dataset_list(args: argparse.Namespace) -> int:
     if not versions:
         print(f"dataset {name}: no versions yet (lungcls dataset build)")
     for version in versions:
-        m = load_manifest(storage, name, version)
-        contracts = ", ".join(
-            f"{c['name']} {c['version']} ({c['rows_rejected']} rejected)"
-            for c in m["contracts"].values()
-        )
-        splits = " ".join(f"{s}={sum(c.values())}" for s, c in m["counts"].items())
-        print(
-            f"{name} v{version}: {m['samples']} samples ({splits}); parent "
-            f"{m['parent'] or '-'}; preprocess {m['preprocess']['hash']}; {contracts}"
-        )
+        print(load_manifest(storage, name, version).listing_line())
     return 0
 
 
 def cmd_dataset_show(args: argparse.Namespace) -> int:
-    from lungcls.dataset.build import load_manifest
+    from lungcls.dataset.manifest import load_manifest
     from lungcls.io.storage import Storage
 
     settings = settings_from(args)
     manifest = load_manifest(
         Storage.from_settings(settings), args.name or settings.dataset.name, args.version
     )
-    if args.json:
-        print(json.dumps(manifest, indent=2))
-        return 0
-    print(f"dataset {manifest['name']} v{manifest['version']} (parent {manifest['parent'] or '-'})")
-    print(
-        f"  tensor {manifest['tensor']['shape']} {manifest['tensor']['dtype']}, preprocess "
-        f"{manifest['preprocess']['hash']}: {json.dumps(manifest['preprocess']['config'])}"
-    )
-    print_counts(manifest["counts"])
-    print(f"  excluded: {manifest['excluded']}")
-    for contract in manifest["contracts"].values():
-        print(
-            f"  contract {contract['name']} {contract['version']}: "
-            f"{contract['evaluated_expectations']} expectations, {contract['rows']} rows, "
-            f"{contract['rows_rejected']} rejected"
-        )
-    print(
-        f"  {len(manifest['shards'])} shards, "
-        f"{sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB"
-    )
-    return 0
+    return show(manifest, args.json, manifest.describe_lines())
 
 
-def register(commands: Commands) -> None:
+def _register_synth(commands: Commands) -> None:
     synth = add_command(
         commands, "synth", cmd_synth, "write a synthetic batch of DICOM CT archives into the inbox"
     )
-    synth.add_argument("--batch", default="synthetic-001", help="batch folder name under inbox/")
+    synth.add_argument(
+        "--batch", default="synthetic-001", help="batch folder name in the inbox (ingest.inbox)"
+    )
     synth.add_argument("--scans", type=int, default=40, help="number of series (default 40)")
     synth.add_argument("--positive-fraction", type=float, default=0.5, help="share of positives")
     synth.add_argument("--slices", type=int, default=48, help="slices per series (volume mode)")
@@ -214,6 +143,8 @@ def register(commands: Commands) -> None:
     )
     synth.add_argument("--seed", type=int, default=0, help="same seed, byte-identical archives")
 
+
+def _register_import_images(commands: Commands) -> None:
     images = add_command(
         commands,
         "import-images",
@@ -221,7 +152,9 @@ def register(commands: Commands) -> None:
         "turn class folders of JPEG/PNG CT slices into an inbox batch of DICOM archives",
     )
     images.add_argument("source", help="folder (or URL) holding one sub-folder per class")
-    images.add_argument("--batch", required=True, help="batch folder name under inbox/")
+    images.add_argument(
+        "--batch", required=True, help="batch folder name in the inbox (ingest.inbox)"
+    )
     images.add_argument(
         "--positive", required=True, help="class folder(s) that are label 1, comma-separated"
     )
@@ -264,6 +197,11 @@ def register(commands: Commands) -> None:
         help="groups left unlabelled beside each held-out block (default 1)",
     )
     images.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+
+def register(commands: Commands) -> None:
+    _register_synth(commands)
+    _register_import_images(commands)
 
     ingest = add_command(commands, "ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
     ingest.add_argument("--batch", help="only this batch folder (default: every batch)")

@@ -7,8 +7,7 @@ import argparse
 import json
 import sys
 
-from lungcls.cli.common import Commands, add_command, settings_from
-from lungcls.config import Settings
+from lungcls.cli.common import Commands, add_command, settings_from, show
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -20,15 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs:
         settings.train.epochs = args.epochs
     result = train_model(settings, args.dataset, args.version, resume=args.resume)
-    if args.json:
-        print(json.dumps(vars(result), indent=2))
-        return 0
-    print(
-        f"{result.run_id}: model {result.model_name} v{result.model_version} (candidate), best "
-        f"val AUC {result.best_val_auc:.4f} at epoch {result.best_epoch + 1} of "
-        f"{result.epochs_run}, {result.seconds:.0f} s"
-    )
-    return 0
+    return show(result, args.json, result.summary_lines())
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -40,82 +31,63 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.max_epochs:
         settings.tune.max_epochs = args.max_epochs
     result = tune_model(settings, args.dataset, args.version)
-    if args.json:
-        print(json.dumps(vars(result), indent=2))
-        return 0
-    print(
-        f"{result.run_id}: best trial published as model {result.model_name} "
-        f"v{result.model_version} (candidate), val AUC {result.best_val_auc:.4f}, "
-        f"{result.seconds:.0f} s"
-    )
-    return 0
+    return show(result, args.json, result.summary_lines())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lungcls.evaluate.evaluation import evaluate_model
+    from lungcls.io.storage import Storage
 
     settings = settings_from(args)
     result = evaluate_model(
         settings, args.name, args.model, args.dataset, args.dataset_version, force=args.force
     )
-    report = result.report
-    at_op = report["metrics"]["at_operating_point"]
-    key = {
-        "model": report["model"],
-        "dataset": report["dataset"],
-        "operating_point": report["operating_point"],
-        "test": {
-            name: {"value": at_op["values"][name], "ci95": at_op["ci95"].get(name)}
-            for name in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "ece")
-        },
-        "report": {
-            "html": _url(settings, f"{result.folder}/report.html"),
-            "json": _url(settings, f"{result.folder}/report.json"),
-        },
+    report, storage = result.report, Storage.from_settings(settings)
+    where = {
+        "html": storage.url(f"{result.folder}/report.html"),
+        "json": storage.url(f"{result.folder}/report.json"),
     }
     if args.json:
+        key = {
+            "model": report.model.model_dump(mode="json"),
+            "dataset": report.dataset.model_dump(mode="json"),
+            "operating_point": report.operating_point.model_dump(mode="json"),
+            "test": {m.name: {"value": m.value, "ci95": m.ci95} for m in report.key_metrics()},
+            "report": where,
+        }
         print(json.dumps(key, indent=2))
         return 0
-    model, op = report["model"], report["operating_point"]
-    scope = "test" if "external" not in report else "every sample the model did not see"
-    print(
-        f"model {model['name']} v{model['version']} on {report['dataset']['name']} "
-        f"v{report['dataset']['version']} {scope}; operating point {op['threshold']:.3f} "
-        f"chosen on {op['chosen_on']} (val sensitivity {op['val_sensitivity']:.2f}, target "
-        f"{op['target_sensitivity']:.2f})"
-    )
-    for name, entry in key["test"].items():
-        low, high = entry["ci95"] or (float("nan"), float("nan"))
-        print(f"  {name:<12} {entry['value']:.3f}  (95 % CI {low:.3f}-{high:.3f})")
-    print(f"report: {key['report']['html']}")
+    print(report.headline())
+    print(report.key_metrics_caption() + ":")
+    for row in report.key_metrics_rows():
+        print("  " + _metric_line(row))
+    print(f"report: {where['html']}")
     return 0
 
 
-def _url(settings: Settings, rel: str) -> str:
-    from lungcls.io.storage import Storage
+def _metric_line(row: dict[str, str | float | None]) -> str:
+    """A row of `EvaluationReport.key_metrics_rows` (the Prefect table's rows) as text."""
+    low, high = row["95% CI low"], row["95% CI high"]
+    text = f"{row['metric']:<18} {_cell(row['value'])}"
+    if low is None or high is None:
+        return text
+    return f"{text}  (95 % CI {_cell(low)}-{_cell(high)})"
 
-    return Storage.from_settings(settings).url(rel)
 
-
-def _print_decision(decision) -> None:
-    print(
-        f"{decision.action} {decision.model}: {decision.outcome}; champion "
-        f"v{decision.champion_before} -> v{decision.champion_after} (decision {decision.id})"
-    )
-    for gate in decision.gates:
-        print(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name}: {gate.detail}")
+def _cell(value: str | float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from lungcls.registry.promote import promote
 
     decision = promote(settings_from(args), args.version, args.name)
     if args.json:
-        print(json.dumps(asdict(decision), indent=2, default=str))
+        print(json.dumps(decision.to_dict(), indent=2))
     else:
-        _print_decision(decision)
+        print("\n".join(decision.summary_lines()))
     return 0 if decision.outcome == "promoted" else 4
 
 
@@ -123,7 +95,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from lungcls.registry.promote import rollback
 
     decision = rollback(settings_from(args), args.name)
-    _print_decision(decision)
+    print("\n".join(decision.summary_lines()))
     return 0 if decision.outcome == "rolled_back" else 4
 
 
@@ -182,9 +154,7 @@ def register(commands: Commands) -> None:
         commands, "evaluate", cmd_evaluate, "evaluate a model version on a test split with CIs"
     )
     evaluate.add_argument("--name", help="model name (default: model.name)")
-    evaluate.add_argument(
-        "--model", help="version number, 'champion' or 'challenger' (default: the latest)"
-    )
+    evaluate.add_argument("--model", help="version number or 'champion' (default: the latest)")
     evaluate.add_argument("--dataset", help="dataset (default: the one the model trained on)")
     evaluate.add_argument("--dataset-version", type=int, help="dataset version (default: same)")
     evaluate.add_argument("--force", action="store_true", help="recompute an existing report")

@@ -23,14 +23,13 @@ def _run_retrain(args: argparse.Namespace, settings: Settings, force: bool = Fal
         os.environ["LUNGCLS_RAY__EXECUTOR"] = args.executor
     from flows.parameters import RetrainParameters
     from flows.retrain import retrain
-    from lungcls.sources.demo import print_outcome
 
     parameters = RetrainParameters(
         config_file=args.config, root=settings.root, batch=args.batch, force=force
     )
     summary = retrain(parameters)
-    print_outcome(summary)
-    return 0 if summary["outcome"] == "promoted" else 4
+    print("\n".join(summary.outcome_lines()))
+    return 0 if summary.outcome == "promoted" else 4
 
 
 def cmd_run(args: argparse.Namespace) -> int:

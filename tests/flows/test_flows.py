@@ -20,10 +20,14 @@ from flows.ingest import ingest_archives
 from flows.parameters import RetrainParameters, RunParameters
 from flows.retrain import retrain
 from lungcls.config import load_settings
-from lungcls.dataset.build import list_versions, load_manifest
+from lungcls.dataset.manifest import DatasetRef, list_versions, load_manifest
 from lungcls.io.storage import Storage
-from lungcls.registry.store import list_model_versions, load_record, read_alias, read_decisions
+from lungcls.pipeline import RetrainSummary
+from lungcls.registry.aliases import read_alias
+from lungcls.registry.decisions import read_decisions
+from lungcls.registry.store import list_model_versions, load_record
 from lungcls.sources.synth import SynthOptions, synth_batch
+from lungcls.train.runs import History, read_history
 from tests.support import (
     ARTIFACT_KEYS,
     FLOW_CONFIG,
@@ -55,7 +59,7 @@ def _tree_digest(root: Path, *folders: str) -> str:
     return digest.hexdigest()
 
 
-def _retrain(config: Path, root: Path, **extra: object) -> tuple[dict, object]:
+def _retrain(config: Path, root: Path, **extra: object) -> tuple[RetrainSummary, object]:
     params = RetrainParameters(config_file=str(config), root=str(root), **extra)
     state = retrain(params, return_state=True)
     assert state.is_completed(), state
@@ -70,7 +74,7 @@ def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
 
     # 1. The whole pipeline, with every artifact on the run (read back through the API).
     first, run_id = _retrain(config, root)
-    assert first["trained"] and first["gated"] and first["outcome"] == "promoted"
+    assert first.trained and first.gated and first.outcome == "promoted"
     assert read_alias(storage, settings.model.name, "champion").version == 1
     artifacts = flow_run_artifacts(run_id)
     assert set(artifacts) >= ARTIFACT_KEYS, sorted(artifacts)
@@ -83,8 +87,8 @@ def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
     # 2. Nothing new: no ingest, build, training or gating work; storage untouched.
     before = _tree_digest(root, "ledger", "series", "datasets", "models", "ray-train")
     again, again_id = _retrain(config, root)
-    assert not again["trained"] and not again["gated"]
-    assert again["ingest"]["archives_ingested"] == 0 and not again["dataset"]["created"]
+    assert not again.trained and not again.gated
+    assert again.archives_ingested == 0 and not again.dataset_created
     assert _tree_digest(root, "ledger", "series", "datasets", "models", "ray-train") == before
     assert "nothing to do" in flow_run_artifacts(again_id)["ingest-summary"][0].data
 
@@ -93,15 +97,15 @@ def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
     new = synth_batch(storage, "b2", SynthOptions(scans=12, seed=77, **FLOW_SCANS))
     third, _ = _retrain(config, root)
     archives_b2 = len(list((root / "inbox" / "b2").glob("archive-*")))
-    assert third["ingest"]["archives_ingested"] == archives_b2
-    assert third["ingest"]["series_ingested"] == len(new)
-    assert third["dataset"] == {"name": "lung-nodules", "version": 2, "created": True}
+    assert third.archives_ingested == archives_b2
+    assert third.series_ingested == len(new)
+    assert third.dataset == DatasetRef(name="lung-nodules", version=2) and third.dataset_created
     manifest = load_manifest(storage, "lung-nodules", 2)
-    assert manifest["parent"] == 1 and manifest["samples"] == 48 + 12
-    assert third["trained"] and third["candidate"] == 2
-    assert load_record(storage, settings.model.name, 2)["dataset"]["version"] == 2
-    gated = [d for d in read_decisions(storage, settings.model.name) if d["candidate_version"] == 2]
-    assert len(gated) == 1 and gated[0]["outcome"] == third["outcome"]
+    assert manifest.parent == 1 and manifest.samples == 48 + 12
+    assert third.trained and third.candidate == 2
+    assert load_record(storage, settings.model.name, 2).dataset.version == 2
+    gated = [d for d in read_decisions(storage, settings.model.name) if d.candidate_version == 2]
+    assert len(gated) == 1 and gated[0].outcome == third.outcome
 
 
 def _lungcls_run(config: Path, root: Path, log: Path, marker: str) -> subprocess.Popen:
@@ -139,7 +143,7 @@ def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path
     deadline = time.monotonic() + 300
     while killed_run is None and time.monotonic() < deadline and process.poll() is None:
         for history in root.glob("runs/train-*/history.json"):
-            if len(json.loads(history.read_text())) >= 2:  # two epochs checkpointed
+            if len(History.from_json(history.read_bytes()).epochs) >= 2:  # two checkpointed
                 os.killpg(process.pid, signal.SIGKILL)
                 killed_run = history.parent.name
         time.sleep(0.3)
@@ -154,14 +158,14 @@ def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path
 
     summary, _ = _retrain(config, root)
     assert _tree_digest(root, "ledger", "series") == ingested  # nothing ingested again
-    assert summary["ingest"]["archives_ingested"] == 0
+    assert summary.archives_ingested == 0
     assert list_versions(storage, "lung-nodules") == [1]  # the killed run's version, reused
     record = load_record(storage, "lung-nodule-cnn", 1)
-    assert record["train_run"] == killed_run  # the same run, finished from its checkpoint
-    history = json.loads((root / "runs" / killed_run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(5))
-    assert history[-1]["resumes"] >= 1
-    assert summary["gated"] and summary["candidate"] == 1
+    assert record.train_run == killed_run  # the same run, finished from its checkpoint
+    history = read_history(storage, killed_run)
+    assert [h.epoch for h in history] == list(range(5))
+    assert history[-1].resumes >= 1
+    assert summary.gated and summary.candidate == 1
 
 
 def test_bad_data_fails_at_once_but_storage_outages_are_retried(
