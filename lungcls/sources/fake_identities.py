@@ -50,9 +50,11 @@ _LAST = [
 ]
 _STREETS = ["Juniper Lane", "Harbour Road", "Kestrel Avenue", "Quarry Street", "Linden Way"]
 _CITIES = ["Eastbrook", "Marrowfield", "Port Ellison", "Castlereagh", "Wrenfold"]
+# A proper name, spelled as it always was: the synthetic archives' bytes (and with them the
+# ledger's SHA-256s and every dataset fingerprint) depend on it.
 _INSTITUTIONS = [
     "St. Wilfrid Regional Hospital",
-    "Northgate Cancer Center",
+    "Northgate Cancer Centre",
     "Ashcombe University Clinic",
     "Riverside Thoracic Institute",
 ]
