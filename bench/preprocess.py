@@ -4,10 +4,10 @@
     .venv/bin/python bench/preprocess.py [--per-geometry 3] [--repeats 3]
 
 Writes synthetic series in four geometries (64-96 slices of 256x256 or 512x512, 0.7-1.4 mm
-pixels, 1-2.5 mm slices), ingests them (in-process), loads the rows from the series store,
+pixels, 1-2.5 mm slices), ingests them (in-process), loads the series from the store,
 then times, in one process on the same int16 volumes and the default settings (1 mm
 isotropic, 48^3, lung window -1350..150 HU):
-- lungcls: `preprocess_series(row, volume, settings)`, center finding included;
+- lungcls: `preprocess_series(series, volume, settings)`, center finding included;
 - MONAI: MetaTensor (affine from the series geometry) -> `Spacing` (1 mm, bilinear) ->
   `ScaleIntensityRange` (-1350..150 -> 0..1, clip) -> `SpatialCrop` around the same center
   + `BorderPad` (air, per side, so the center stays put); the center is given, not timed.
@@ -22,7 +22,6 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -39,7 +38,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from lungcls.config import PreprocessSettings, Settings
 from lungcls.dataset.preprocess import AIR_HU, crop_center_mm, preprocess_series
 from lungcls.ingest.run import ingest
-from lungcls.ingest.series_store import iter_series, volume_from_row
+from lungcls.ingest.series_store import SeriesRecord, iter_series
 from lungcls.io.storage import Storage
 from lungcls.sources.synth import SynthOptions, synth_batch
 
@@ -48,16 +47,16 @@ KEY = "bench-pseudonym-key-0123456789"
 GEOMETRIES = [(64, 512, 0.7, 2.5), (96, 256, 1.4, 1.0), (80, 512, 0.8, 1.25), (72, 256, 1.2, 2.0)]
 
 
-def affine_kji(row: dict[str, Any]) -> np.ndarray:
+def affine_kji(series: SeriesRecord) -> np.ndarray:
     """4x4 affine from array index (k, j, i) to patient mm (x, y, z), as MONAI expects."""
-    orientation = np.asarray(row["orientation"], dtype=np.float64)
+    orientation = np.asarray(series.orientation, dtype=np.float64)
     row_dir, col_dir = orientation[:3], orientation[3:]
-    dz, dy, dx = row["spacing_zyx_mm"]
+    dz, dy, dx = series.spacing_zyx_mm
     affine = np.eye(4)
     affine[:3, 0] = np.cross(row_dir, col_dir) * dz
     affine[:3, 1] = col_dir * dy
     affine[:3, 2] = row_dir * dx
-    affine[:3, 3] = row["origin_xyz_mm"]
+    affine[:3, 3] = series.origin_xyz_mm
     return affine
 
 
@@ -111,7 +110,7 @@ class MonaiChain:
         return image.as_tensor()
 
 
-def make_rows(tmp: Path, per_geometry: int) -> list[dict[str, Any]]:
+def make_series(tmp: Path, per_geometry: int) -> list[SeriesRecord]:
     root = tmp / "root"
     for number, (slices, size, pixel, step) in enumerate(GEOMETRIES):
         options = SynthOptions(
@@ -129,7 +128,7 @@ def make_rows(tmp: Path, per_geometry: int) -> list[dict[str, Any]]:
     )
     summary = ingest(settings, progress=False)
     assert summary.series_ingested == per_geometry * len(GEOMETRIES), summary
-    return sorted(iter_series(Storage(str(root))), key=lambda r: str(r["series_id"]))
+    return sorted(iter_series(Storage(str(root))), key=lambda s: s.series_id)
 
 
 def main() -> None:
@@ -142,8 +141,8 @@ def main() -> None:
     Path(".lungcls-work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-", dir=".lungcls-work") as tmp:
         print(f"writing and ingesting {args.per_geometry * len(GEOMETRIES)} synthetic series…")
-        rows = make_rows(Path(tmp), args.per_geometry)
-    volumes = [volume_from_row(r) for r in rows]
+        rows = make_series(Path(tmp), args.per_geometry)
+    volumes = [r.volume for r in rows]
     centers = [crop_center_mm(r, v) for r, v in zip(rows, volumes, strict=True)]
     affines = [affine_kji(r) for r in rows]
     chain = MonaiChain(config)

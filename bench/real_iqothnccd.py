@@ -42,7 +42,7 @@ from lungcls.dataset.shards import iter_samples
 from lungcls.evaluate.bootstrap import bootstrap_intervals, paired_auc_difference
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.ingest.run import ingest
-from lungcls.ingest.series_store import iter_series, volume_from_row
+from lungcls.ingest.series_store import iter_series
 from lungcls.io.storage import Storage
 from lungcls.registry.promote import promote
 from lungcls.sources.images import ImportOptions, import_images, nominal_rescale
@@ -94,9 +94,9 @@ def shortcut_scores(storage: Storage, manifest: Manifest) -> dict[str, dict[str,
             "patient": sample.patient_id,
             "tensor": float((tensor > BRIGHT).mean()),
         }
-    for row in iter_series(storage, list(out)):
-        grey = np.rint((volume_from_row(row).astype(np.float64) - intercept) / slope)
-        out[row["series_id"]]["native"] = float((grey > BRIGHT * 255).mean())
+    for series in iter_series(storage, list(out)):
+        grey = np.rint((series.volume.astype(np.float64) - intercept) / slope)
+        out[series.series_id]["native"] = float((grey > BRIGHT * 255).mean())
     return out
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +28,24 @@ from lungcls.config import PreprocessSettings
 AIR_HU = -1024.0
 LUNG_THRESHOLD_HU = -400.0
 MASK_STEP_MM = 4.0  # the lung mask is found on a coarse grid: cheap and good enough to aim
+
+
+class SeriesGeometry(Protocol):
+    """Where a series' voxels lie in the patient, and the labelled nodule if any: what
+    preprocessing needs besides the HU. A stored `SeriesRecord` is one; so is predict's
+    decoded `CTVolume`, aimed at a center given on the command line or in labels.csv."""
+
+    @property
+    def spacing_zyx_mm(self) -> Sequence[float]: ...
+
+    @property
+    def origin_xyz_mm(self) -> Sequence[float]: ...  # the center of the first voxel
+
+    @property
+    def orientation(self) -> Sequence[float]: ...  # row cosines then column cosines
+
+    @property
+    def nodule_center_xyz_mm(self) -> Sequence[float] | None: ...
 
 
 # Settings added after datasets were built with this module, with the value that reproduces
@@ -168,32 +186,35 @@ def apply_windows(hu: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.
     return np.stack(channels).astype(np.float32)
 
 
-def image_center_mm(row: Mapping[str, Any], volume: np.ndarray) -> np.ndarray:
+def image_center_mm(series: SeriesGeometry, volume: np.ndarray) -> np.ndarray:
     """Patient position of the center of the series' voxel grid."""
     middle = (np.asarray(volume.shape, dtype=np.float64) - 1) / 2.0
-    return voxel_to_mm(middle, row["origin_xyz_mm"], row["orientation"], row["spacing_zyx_mm"])
+    return voxel_to_mm(middle, series.origin_xyz_mm, series.orientation, series.spacing_zyx_mm)
 
 
-def crop_center_mm(row: Mapping[str, Any], volume: np.ndarray, how: str = "nodule") -> np.ndarray:
+def crop_center_mm(series: SeriesGeometry, volume: np.ndarray, how: str = "nodule") -> np.ndarray:
     """Where to center the patch: the labelled nodule, else the largest lung; or, with
     `how="image"`, the center of the image (for whole slices with image-level labels)."""
     if how == "image":
-        return image_center_mm(row, volume)
-    if row.get("nodule_center_xyz_mm") is not None:
-        return np.asarray(row["nodule_center_xyz_mm"], dtype=np.float64)
-    return lung_center_mm(volume, row["origin_xyz_mm"], row["orientation"], row["spacing_zyx_mm"])
+        return image_center_mm(series, volume)
+    if series.nodule_center_xyz_mm is not None:
+        return np.asarray(series.nodule_center_xyz_mm, dtype=np.float64)
+    return lung_center_mm(volume, series.origin_xyz_mm, series.orientation, series.spacing_zyx_mm)
 
 
 def preprocess_series(
-    row: Mapping[str, Any], volume: np.ndarray, config: PreprocessSettings
+    series: SeriesGeometry, volume: np.ndarray, config: PreprocessSettings
 ) -> np.ndarray:
-    """The model input for one series (see `tensor_shape`), float32 in [0, 1]."""
-    center = crop_center_mm(row, volume, config.crop_center)
+    """The model input for one series (see `tensor_shape`), float32 in [0, 1].
+
+    `volume` is the series' HU (z, y, x): a `SeriesRecord`'s `volume`, a `CTVolume`'s `hu`.
+    """
+    center = crop_center_mm(series, volume, config.crop_center)
     hu = sample_patch(
         volume,
-        row["origin_xyz_mm"],
-        row["orientation"],
-        row["spacing_zyx_mm"],
+        series.origin_xyz_mm,
+        series.orientation,
+        series.spacing_zyx_mm,
         center,
         config.shape,
         config.spacing_mm,

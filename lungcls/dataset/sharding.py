@@ -25,7 +25,7 @@ from lungcls.dataset.validation import (
     contract_items,
     stats_frame,
 )
-from lungcls.ingest.series_store import load_series, volume_from_row
+from lungcls.ingest.series_store import load_series
 from lungcls.io.compute import map_unordered
 from lungcls.io.quarantine import QuarantineItem
 from lungcls.io.storage import Storage
@@ -58,8 +58,8 @@ def preprocess_one(
     dtype: str,
 ) -> Sample:
     """Load one series and preprocess it: the unit of parallel work (a Ray task)."""
-    row = load_series(storage, series_file, source.series_id)
-    tensor = preprocess_series(row, volume_from_row(row), config)
+    series = load_series(storage, series_file, source.series_id)
+    tensor = preprocess_series(series, series.volume, config)
     return Sample.from_tensor(
         tensor, dtype, sample_id=source.series_id, preprocess_hash=preprocess_hash, **asdict(source)
     )

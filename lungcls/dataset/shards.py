@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from lungcls.dataset.manifest import ShardInfo
 from lungcls.io.storage import Storage
+from lungcls.io.tables import check_columns
 
 TENSOR_COLUMN = "tensor"
 STAT_COLUMNS = ["all_finite", "t_min", "t_max", "t_mean", "t_std"]
@@ -97,7 +98,7 @@ class Sample(SampleSource):
             **fields_,
         )
 
-    def to_row(self) -> dict[str, Any]:
+    def to_row(self) -> dict[str, object]:
         """The sample as an Arrow row (the shard schema's columns)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -128,15 +129,21 @@ def write_shard(
     )
 
 
+def _read_shard(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table:
+    """A shard's table (or some of its columns), its columns checked first."""
+    with storage.open(rel, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        check_columns(parquet.schema_arrow, SHARD_SCHEMA, storage.url(rel), "dataset shard")
+        return parquet.read(columns=columns)
+
+
 def read_shard_metadata(storage: Storage, rel: str) -> pa.Table:
     """Everything but the tensors (column projection: tensors are never read)."""
-    with storage.open(rel, "rb") as f:
-        return pq.read_table(f, columns=METADATA_COLUMNS)
+    return _read_shard(storage, rel, METADATA_COLUMNS)
 
 
 def iter_samples(storage: Storage, paths: Iterable[str]) -> Iterator[Sample]:
     """Every sample of the given shards, one shard in memory at a time."""
     for rel in paths:
-        with storage.open(rel, "rb") as f:
-            for row in pq.read_table(f).to_pylist():
-                yield Sample(**row)
+        for row in _read_shard(storage, rel).to_pylist():
+            yield Sample(**row)

@@ -61,10 +61,24 @@ class CTVolume:
     spacing_zyx_mm: tuple[float, float, float]
     duplicates_dropped: int
     metadata: dict[str, Any]  # series-level, allow-listed attributes
+    # Where predict aims the patch (a center given by the user or labels.csv); ingest stores
+    # the labelled center in the series store instead.
+    nodule_center_xyz_mm: tuple[float, float, float] | None = None
 
     @property
     def first(self) -> CTSlice:
         return self.slices[0]
+
+    @property
+    def origin_xyz_mm(self) -> tuple[float, float, float]:
+        """Patient position of the first voxel (the first slice after sorting)."""
+        x, y, z = (float(v) for v in self.first.position_xyz_mm)
+        return (x, y, z)
+
+    @property
+    def orientation(self) -> tuple[float, ...]:
+        """Row cosines then column cosines, shared by every slice (checked on assembly)."""
+        return tuple(float(v) for v in self.first.orientation)
 
 
 def _parse(data: bytes) -> Dataset:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lungcls.io.storage import Storage
+from lungcls.io.tables import check_columns
 
 LEDGER_PATH = "ledger/archives.parquet"
 Status = Literal["ingested", "rejected", "superseded"]
@@ -67,6 +68,7 @@ class Ledger:
         if not storage.exists(LEDGER_PATH):
             return cls([])
         table = pq.read_table(io.BytesIO(storage.read_bytes(LEDGER_PATH)))
+        check_columns(table.schema, _SCHEMA, storage.url(LEDGER_PATH), "ledger")
         return cls([LedgerEntry(**row) for row in table.to_pylist()])
 
     def save(self, storage: Storage) -> None:

@@ -3,14 +3,19 @@
 One row per series: de-identified metadata columns, the int16 HU volume as one binary value
 (C order, z/y/x) with its `shape` and `spacing_zyx_mm`. Files are `series/<name>.parquet`,
 one per ingested archive version; which rows are current is decided by the ledger, never
-by listing the folder.
+by listing the folder. Rows are written and read back as `SeriesRecord`s; a file whose
+columns this lungcls does not know is refused with its name.
+
+    for series in iter_series(storage):      # one volume in memory at a time
+        tensor = preprocess_series(series, series.volume, settings.preprocess)
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +24,7 @@ import pyarrow.parquet as pq
 
 from lungcls.ingest.ledger import Ledger
 from lungcls.io.storage import Storage
+from lungcls.io.tables import check_columns
 
 SERIES_DIR = "series"
 VOLUME_COLUMN = "volume"
@@ -62,11 +68,16 @@ SERIES_SCHEMA = pa.schema(
     ]
 )
 METADATA_COLUMNS = [name for name in SERIES_SCHEMA.names if name != VOLUME_COLUMN]
+# Columns the first series files lack: they read as null (`split`: the keyed hash decides).
+OPTIONAL_COLUMNS = frozenset({"split"})
 
 
 @dataclass
 class SeriesRecord:
-    """One de-identified series as stored. `volume` is int16 HU, (z, y, x)."""
+    """One de-identified series as stored. `volume` is int16 HU, (z, y, x).
+
+    Its geometry and nodule center make it a `SeriesGeometry`: preprocessing takes it as is.
+    """
 
     series_id: str
     study_id: str
@@ -112,6 +123,22 @@ class SeriesRecord:
         )
         return row
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> SeriesRecord:
+        """A stored row as a record. The volume is decoded once, as a read-only view of the
+        row's bytes (no copy); fields an older file has no column for keep their defaults."""
+        stored: Mapping[str, Any] = row  # Arrow's Python values, typed by SERIES_SCHEMA
+        values = {f.name: stored[f.name] for f in fields(cls) if f.name in stored}
+        for name in ("spacing_zyx_mm", "origin_xyz_mm", "orientation"):
+            values[name] = tuple(values[name])
+        if values.get("nodule_center_xyz_mm") is not None:
+            values["nodule_center_xyz_mm"] = tuple(values["nodule_center_xyz_mm"])
+        shape = tuple(int(n) for n in stored["shape"])
+        volume = np.frombuffer(stored[VOLUME_COLUMN], dtype="<i2").reshape(shape)
+        volume.flags.writeable = False
+        values["volume"] = volume
+        return cls(**values)
+
 
 def new_series_file(archive_sha256: str) -> str:
     """A unique name: a rerun after a crash never overwrites what a ledger row may name."""
@@ -131,10 +158,21 @@ def write_series_file(storage: Storage, rel: str, records: Iterable[SeriesRecord
     return ids
 
 
-def volume_from_row(row: dict[str, object]) -> np.ndarray:
-    """The int16 HU volume (z, y, x) of a row read with the volume column."""
-    shape = tuple(int(v) for v in row["shape"])  # type: ignore[union-attr]
-    return np.frombuffer(row[VOLUME_COLUMN], dtype="<i2").reshape(shape)  # type: ignore[arg-type]
+def _open_series_file(f: IO[bytes], source: str) -> pq.ParquetFile:
+    """A series file, its columns checked (`source` names it in the error)."""
+    parquet = pq.ParquetFile(f)
+    check_columns(parquet.schema_arrow, SERIES_SCHEMA, source, "series file", OPTIONAL_COLUMNS)
+    return parquet
+
+
+def _records(table: pa.Table, wanted: Container[str]) -> Iterator[SeriesRecord]:
+    """The wanted rows of a row group as records; each volume is a view of the table's
+    buffer (no bytes copied out of Arrow)."""
+    volumes = table.column(VOLUME_COLUMN)
+    for index, row in enumerate(table.drop_columns([VOLUME_COLUMN]).to_pylist()):
+        if row["series_id"] in wanted:
+            row[VOLUME_COLUMN] = volumes[index].as_buffer()
+            yield SeriesRecord.from_row(row)
 
 
 def read_series_index(storage: Storage, ledger: Ledger | None = None) -> pa.Table:
@@ -143,7 +181,7 @@ def read_series_index(storage: Storage, ledger: Ledger | None = None) -> pa.Tabl
     tables = []
     for rel, ids in ledger.series_files().items():
         with storage.open(rel, "rb") as f:  # column projection: volumes are never read
-            parquet = pq.ParquetFile(f)
+            parquet = _open_series_file(f, storage.url(rel))
             present = [c for c in METADATA_COLUMNS if c in parquet.schema_arrow.names]
             table = _with_all_columns(parquet.read(columns=present))
         tables.append(table.filter(pc.is_in(table["series_id"], pa.array(ids))))
@@ -153,7 +191,7 @@ def read_series_index(storage: Storage, ledger: Ledger | None = None) -> pa.Tabl
 
 
 def _with_all_columns(table: pa.Table) -> pa.Table:
-    """Series files written before a column existed read it as nulls (e.g. `split`)."""
+    """Series files written before a column existed read it as nulls (`OPTIONAL_COLUMNS`)."""
     for name in METADATA_COLUMNS:
         if name not in table.column_names:
             table = table.append_column(
@@ -164,8 +202,8 @@ def _with_all_columns(table: pa.Table) -> pa.Table:
 
 def iter_series(
     storage: Storage, series_ids: Iterable[str] | None = None, ledger: Ledger | None = None
-) -> Iterator[dict[str, object]]:
-    """Full rows (volume included) of current series, one row group in memory at a time."""
+) -> Iterator[SeriesRecord]:
+    """Current series (volume included), one row group in memory at a time."""
     wanted = set(series_ids) if series_ids is not None else None
     ledger = ledger or Ledger.load(storage)
     for rel, ids in ledger.series_files().items():
@@ -173,19 +211,22 @@ def iter_series(
         if not current:
             continue
         with storage.open(rel, "rb") as f:
-            parquet = pq.ParquetFile(f)
+            parquet = _open_series_file(f, storage.url(rel))
             for group in range(parquet.num_row_groups):
-                for row in parquet.read_row_group(group).to_pylist():
-                    if row["series_id"] in current:
-                        yield row
+                yield from _records(parquet.read_row_group(group), current)
 
 
-def load_series(storage: Storage, rel: str, series_id: str) -> dict[str, object]:
-    """One full row (volume included) from a series file, reading only its row group."""
+def load_series(storage: Storage, rel: str, series_id: str) -> SeriesRecord:
+    """One series (volume included) from a series file, reading only its row group."""
     with storage.open(rel, "rb") as f:
-        parquet = pq.ParquetFile(f)
+        parquet = _open_series_file(f, storage.url(rel))
         ids = parquet.read(columns=["series_id"]).column(0).to_pylist()
         if series_id not in ids:
-            raise KeyError(f"{series_id} is not in {rel}")
-        # One series per row group (see write_series_file), so the row index is the group.
-        return parquet.read_row_group(ids.index(series_id)).to_pylist()[0]
+            raise KeyError(f"{series_id} is not in {storage.url(rel)}")
+        # write_series_file writes one series per row group; count rows for any other file.
+        row, group = ids.index(series_id), 0
+        while row >= parquet.metadata.row_group(group).num_rows:
+            row -= parquet.metadata.row_group(group).num_rows
+            group += 1
+        (record,) = _records(parquet.read_row_group(group), {series_id})
+        return record

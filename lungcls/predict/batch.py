@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -94,15 +94,11 @@ class Scorer:
             pseudonym_key(settings, storage),
         )
 
-    def tensor(self, volume: CTVolume, center_xyz_mm: tuple[float, float, float] | None):
-        first = volume.first
-        row = {
-            "origin_xyz_mm": tuple(float(v) for v in first.position_xyz_mm),
-            "orientation": tuple(float(v) for v in first.orientation),
-            "spacing_zyx_mm": volume.spacing_zyx_mm,
-            "nodule_center_xyz_mm": center_xyz_mm,
-        }
-        tensor = preprocess_series(row, volume.hu, self.preprocess)
+    def tensor(
+        self, volume: CTVolume, center_xyz_mm: tuple[float, float, float] | None
+    ) -> np.ndarray:
+        aimed = replace(volume, nodule_center_xyz_mm=center_xyz_mm)  # shallow: HU not copied
+        tensor = preprocess_series(aimed, volume.hu, self.preprocess)
         # The shards store this dtype: rounding the same way gives the evaluation's scores.
         return tensor.astype(self.dtype).astype(np.float32)
 

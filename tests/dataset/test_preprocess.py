@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,16 @@ from lungcls.dataset.preprocess import (
 
 AXIAL = (1, 0, 0, 0, 1, 0)
 CORONAL = (1, 0, 0, 0, 0, -1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A `SeriesGeometry` by hand (the store's `SeriesRecord` is one, so is a `CTVolume`)."""
+
+    origin_xyz_mm: tuple[float, ...]
+    orientation: tuple[float, ...]
+    spacing_zyx_mm: tuple[float, ...]
+    nodule_center_xyz_mm: tuple[float, ...] | None = None
 
 
 @pytest.mark.parametrize("orientation", [AXIAL, CORONAL])
@@ -86,34 +98,28 @@ def test_tensor_shape_and_hash() -> None:
 def test_preprocess_centers_on_the_labelled_nodule() -> None:
     volume = np.full((30, 64, 64), -850, dtype=np.int16)
     volume[18:21, 40:43, 10:13] = 50
-    row = {
-        "origin_xyz_mm": (0.0, 0.0, 0.0),
-        "orientation": AXIAL,
-        "spacing_zyx_mm": (2.0, 1.0, 1.0),
-        "nodule_center_xyz_mm": (11.0, 41.0, 38.0),
-    }
+    series = Geometry((0.0, 0.0, 0.0), AXIAL, (2.0, 1.0, 1.0), (11.0, 41.0, 38.0))
     config = PreprocessSettings(shape=(5, 5, 5), spacing_mm=(1.0, 1.0, 1.0))
-    tensor = preprocess_series(row, volume, config)
+    tensor = preprocess_series(series, volume, config)
     assert tensor.shape == (1, 5, 5, 5)
     assert tensor[0, 2, 2, 2] == pytest.approx((50 + 1350) / 1500)
     assert tensor[0, 2, 0, 0] == pytest.approx((-850 + 1350) / 1500)
-    assert np.array_equal(tensor, preprocess_series(row, volume, config))  # deterministic
+    assert np.array_equal(tensor, preprocess_series(series, volume, config))  # deterministic
 
 
 def test_whole_slice_mode_takes_the_image_center() -> None:
     slice_ = np.full((1, 30, 40), -1350, dtype=np.int16)
     slice_[0, 5:25, 4:36] = np.linspace(-1000, 100, 32).astype(np.int16)
     slice_[0, 12:18, 30:36] = -900  # an air pocket off-center: what the lung finder aims at
-    row = {"origin_xyz_mm": (-39.0, -29.0, 0.0), "orientation": AXIAL}
-    row["spacing_zyx_mm"], row["nodule_center_xyz_mm"] = (1.0, 2.0, 2.0), (9.0, 9.0, 0.0)
+    series = Geometry((-39.0, -29.0, 0.0), AXIAL, (1.0, 2.0, 2.0), (9.0, 9.0, 0.0))
     config = PreprocessSettings(
         mode="2d", shape=(1, 30, 40), spacing_mm=(1.0, 2.0, 2.0), crop_center="image"
     )
-    tensor = preprocess_series(row, slice_, config)
+    tensor = preprocess_series(series, slice_, config)
     # Same grid as the image: every pixel comes back, windowed (default -1350..150 HU).
     expected = np.clip((slice_[0].astype(np.float32) + 1350) / 1500, 0, 1)
     assert tensor.shape == (1, 30, 40) and np.allclose(tensor[0], expected, atol=1e-5)
-    nodule = preprocess_series(row, slice_, config.model_copy(update={"crop_center": "nodule"}))
+    nodule = preprocess_series(series, slice_, config.model_copy(update={"crop_center": "nodule"}))
     assert not np.allclose(nodule, tensor)  # the labelled center moves the patch
 
 

@@ -17,7 +17,7 @@ from lungcls.config import Settings
 from lungcls.ingest.deid import pseudonym
 from lungcls.ingest.ledger import LEDGER_PATH, Ledger
 from lungcls.ingest.run import ingest
-from lungcls.ingest.series_store import iter_series, read_series_index, volume_from_row
+from lungcls.ingest.series_store import iter_series, read_series_index
 from lungcls.io.storage import Storage
 from lungcls.sources.phantom import render_chest
 from lungcls.sources.synth import SynthOptions, SynthScan, pack_zip, synth_batch
@@ -41,25 +41,25 @@ def _tree_digest(storage: Storage, prefix: str) -> dict[str, str]:
 def test_series_store_matches_ground_truth(settings: Settings, batch: list[SynthScan]) -> None:
     summary = ingest(settings, progress=False)
     assert (summary.series_ingested, summary.quarantined) == (len(batch), [])
-    stored = {row["series_id"]: row for row in iter_series(Storage.from_settings(settings))}
+    stored = {s.series_id: s for s in iter_series(Storage.from_settings(settings))}
     assert len(stored) == len(batch)
     for scan in batch:
-        row = stored[pseudonym(KEY, "series", scan.scan.series_uid)]
-        assert row["patient_id"] == pseudonym(KEY, "patient", scan.patient.patient_id)
-        assert row["label"] == scan.label
-        assert row["n_slices"] == SMALL.slices
-        assert row["spacing_zyx_mm"] == [5.0, 7.0, 7.0]
-        assert row["manufacturer"] == scan.scanner[0]
-        assert row["slice_ids"] == [pseudonym(KEY, "instance", u) for u in scan.sop_uids]
+        series = stored[pseudonym(KEY, "series", scan.scan.series_uid)]
+        assert series.patient_id == pseudonym(KEY, "patient", scan.patient.patient_id)
+        assert series.label == scan.label
+        assert series.volume.shape[0] == SMALL.slices
+        assert series.spacing_zyx_mm == (5.0, 7.0, 7.0)
+        assert series.manufacturer == scan.scanner[0]
+        assert series.slice_ids == [pseudonym(KEY, "instance", u) for u in scan.sop_uids]
         if scan.nodule is None:
-            assert row["nodule_center_xyz_mm"] is None
+            assert series.nodule_center_xyz_mm is None
         else:
-            assert np.allclose(row["nodule_center_xyz_mm"], scan.nodule.center_xyz_mm, atol=0.01)
+            assert np.allclose(series.nodule_center_xyz_mm, scan.nodule.center_xyz_mm, atol=0.01)
         # the stored HU are the rendered phantom, through 12-bit storage and back
         rng = np.random.default_rng([SMALL.seed, 1, scan.index])
         nodules = [scan.nodule] if scan.nodule else []
         expected = np.clip(np.rint(render_chest(scan.geometry, rng, nodules)), -1024, 3071)
-        assert np.array_equal(volume_from_row(row), expected.astype(np.int16))
+        assert np.array_equal(series.volume, expected.astype(np.int16))
 
 
 def test_rerun_reads_no_archive_bytes_and_changes_nothing(
@@ -142,8 +142,8 @@ def test_same_series_store_on_s3(s3_settings: Settings, settings: Settings) -> N
         synth_batch(Storage.from_settings(config), "b1", SMALL)
         summary = ingest(config, progress=False)
         assert summary.series_ingested == SMALL.scans
-        rows = sorted(iter_series(Storage.from_settings(config)), key=lambda r: r["series_id"])
-        tables.append([{k: v for k, v in r.items() if k != "ingest_run"} for r in rows])
+        stored = sorted(iter_series(Storage.from_settings(config)), key=lambda s: s.series_id)
+        tables.append([{**s.to_row(), "ingest_run": ""} for s in stored])
     assert tables[0] == tables[1]
     again = ingest(s3_settings, progress=False)
     assert (again.bytes_read, again.series_ingested) == (0, 0)
@@ -199,3 +199,5 @@ def test_series_files_from_before_the_split_column_still_read(
     index = read_series_index(storage, ledger)
     assert index.num_rows == SMALL.scans
     assert index["split"].null_count == SMALL.scans
+    stored = list(iter_series(storage, ledger=ledger))
+    assert len(stored) == SMALL.scans and {s.split for s in stored} == {None}

@@ -35,6 +35,6 @@ def test_ray_ingest_equals_local_ingest(tmp_path: Path, ray_session: None) -> No
         synth_batch(storage, "b", options)
         summary = ingest(settings, progress=False)
         assert summary.series_ingested == 6
-        rows = sorted(iter_series(storage), key=lambda r: r["series_id"])
-        results.append([{k: v for k, v in r.items() if k != "ingest_run"} for r in rows])
+        stored = sorted(iter_series(storage), key=lambda s: s.series_id)
+        results.append([{**s.to_row(), "ingest_run": ""} for s in stored])
     assert results[0] == results[1]

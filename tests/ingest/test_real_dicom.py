@@ -12,7 +12,7 @@ import pytest
 from lungcls.config import Settings
 from lungcls.ingest.deid import pseudonym
 from lungcls.ingest.run import ingest
-from lungcls.ingest.series_store import iter_series, volume_from_row
+from lungcls.ingest.series_store import SeriesRecord, iter_series
 from lungcls.io.storage import Storage
 from tests.support import REAL_DATA, TEST_KEY, make_settings
 
@@ -20,7 +20,7 @@ SOURCE = REAL_DATA / "lung-pet-ct-dx"
 
 
 @pytest.fixture(scope="module")
-def real_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[dict]]:
+def real_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[SeriesRecord]]:
     assert SOURCE.is_dir(), f"real CT data missing at {SOURCE} (see ../shared/data/README.md)"
     tmp = tmp_path_factory.mktemp("real")
     shutil.copytree(SOURCE / "Lung_Dx-A0001", tmp / "root" / "inbox" / "tcia" / "case-1")
@@ -31,14 +31,13 @@ def real_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[
 
 
 def test_both_series_have_the_published_geometry(real_root) -> None:
-    _, rows = real_root
-    assert len(rows) == 2
-    assert sorted(r["convolution_kernel"] for r in rows) == ["B", "L"]
-    for row in rows:
-        volume = volume_from_row(row)
+    _, stored = real_root
+    assert len(stored) == 2
+    assert sorted(s.convolution_kernel for s in stored) == ["B", "L"]
+    for series in stored:
+        volume = series.volume
         assert volume.shape == (64, 512, 512)
-        assert row["n_slices"] == 64
-        assert np.allclose(row["spacing_zyx_mm"], (5.0, 0.8418, 0.8418), atol=1e-4)
+        assert np.allclose(series.spacing_zyx_mm, (5.0, 0.8418, 0.8418), atol=1e-4)
         # air in front of the chest, inside the field of view
         air = np.median(volume[20:44, 0:40, 200:312])
         assert -1050 <= air <= -950, air
@@ -46,7 +45,7 @@ def test_both_series_have_the_published_geometry(real_root) -> None:
 
 
 def test_annotations_map_to_stored_slices(real_root) -> None:
-    _, rows = real_root
+    _, stored = real_root
     key = TEST_KEY.encode()
     annotations = sorted((SOURCE / "annotations" / "A0001").glob("*.xml"))
     assert annotations
@@ -56,14 +55,14 @@ def test_annotations_map_to_stored_slices(real_root) -> None:
     }
     for xml in annotations:
         slice_id = pseudonym(key, "instance", xml.stem)
-        hits = [(r, r["slice_ids"].index(slice_id)) for r in rows if slice_id in r["slice_ids"]]
+        hits = [(s, s.slice_ids.index(slice_id)) for s in stored if slice_id in s.slice_ids]
         assert len(hits) == 1, f"{xml.name} maps to {len(hits)} stored slices"
-        row, index = hits[0]
+        series, index = hits[0]
         source = pydicom.dcmread(files_by_uid[xml.stem])
         expected = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
-        assert np.array_equal(volume_from_row(row)[index], expected.astype(np.int16))
+        assert np.array_equal(series.volume[index], expected.astype(np.int16))
         # slices are sorted along z: the stored index matches the slice position
-        z0 = row["origin_xyz_mm"][2]
+        z0 = series.origin_xyz_mm[2]
         assert float(source.ImagePositionPatient[2]) == pytest.approx(z0 + 5.0 * index)
 
 

@@ -21,7 +21,7 @@ from lungcls.dataset.shards import iter_samples
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.ingest.ledger import Ledger
 from lungcls.ingest.run import ingest
-from lungcls.ingest.series_store import iter_series, volume_from_row
+from lungcls.ingest.series_store import iter_series
 from lungcls.io.storage import Storage
 from lungcls.registry.promote import promote
 from lungcls.sources.images import (
@@ -137,11 +137,11 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
 
     summary = ingest(settings, progress=False)
     assert summary.series_ingested == 26 and summary.quarantined == []
-    rows = list(iter_series(storage, ledger=Ledger.load(storage)))
+    stored = list(iter_series(storage, ledger=Ledger.load(storage)))
     tail = {("cancer", 13), ("cancer", 14), ("normal", 10), ("normal", 11), ("normal", 12)}
     slope, intercept = 1500 / 255, -1350.0
-    for row in rows:
-        hu = volume_from_row(row)
+    for series in stored:
+        hu = series.volume
         assert hu.shape == (1, ROWS, COLUMNS)
         grey = np.rint((hu[0] - intercept) / slope)
         matches = [
@@ -149,9 +149,9 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
         ]
         assert len(matches) == 1, "every stored slice is exactly one source image"
         (class_name, number) = matches[0]
-        assert row["label"] == int(class_name == "cancer")
-        assert (row["split"] == "test") == ((class_name, number) in tail)
-    patients = {r["patient_id"] for r in rows}
+        assert series.label == int(class_name == "cancer")
+        assert (series.split == "test") == ((class_name, number) in tail)
+    patients = {s.patient_id for s in stored}
     assert len(patients) == 9 and all(p.startswith("patient-") for p in patients)
 
     built = build_dataset(settings, progress=False)

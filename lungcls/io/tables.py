@@ -1,0 +1,53 @@
+"""Parquet tables read from storage: their columns checked against what the reader knows.
+
+The ledger, the series files and the dataset shards are Parquet, not JSON records, but the
+same rule holds: a file this lungcls cannot read is refused with its name, the columns that
+do not match and what to do, instead of a `TypeError` from deep inside a constructor.
+
+    with storage.open(rel, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        check_columns(parquet.schema_arrow, SHARD_SCHEMA, storage.url(rel), "dataset shard")
+
+Columns an older lungcls did not write yet are listed as `optional` by the reader, which
+then fills them (a series file from before `split` reads with `split` null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import pyarrow as pa
+
+from lungcls.io.records import RecordError
+
+
+def check_columns(
+    found: pa.Schema,
+    expected: pa.Schema,
+    source: str,
+    kind: str,
+    optional: Collection[str] = (),
+) -> None:
+    """Refuse a table whose columns are not `expected`'s (less any `optional` ones).
+
+    Args:
+        found: the schema of the file as stored.
+        expected: the schema this lungcls writes.
+        source: the file's URL, named in the error.
+        kind: what the file is, for people ("ledger", "dataset shard").
+        optional: columns older files may lack, which the reader fills itself.
+    """
+    unknown = [name for name in found.names if name not in expected.names]
+    missing = [n for n in expected.names if n not in found.names and n not in optional]
+    if not unknown and not missing:
+        return
+    problems = []
+    if unknown:
+        problems.append(f"unknown columns {unknown}")
+    if missing:
+        problems.append(f"missing columns {missing}")
+    raise RecordError(
+        f"{source}: not a {kind} this lungcls reads ({'; '.join(problems)}). A newer "
+        f"lungcls may have written it (read it with that version), or the file is not a "
+        f"{kind} or was damaged (restore it from a backup or rewrite it with lungcls)"
+    )
