@@ -10,6 +10,9 @@ from lungcls.config import Settings
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEST_KEY = "test-pseudonym-key-0123456789"
+# A root written by lungcls 0.1.0, before the stage packages and typed records: what was
+# stored then must keep loading (copy it before writing to it).
+OLD_ROOT = Path(__file__).resolve().parent / "fixtures" / "root-0.1.0"
 
 
 def make_settings(root: str | Path, tmp_path: Path, **overrides: object) -> Settings:

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from lungcls.cli import main
-from tests.support import TEST_KEY
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "root-0.1.0"
+from tests.support import OLD_ROOT, TEST_KEY
 
 
 @pytest.fixture
@@ -20,7 +18,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LUNGCLS_PSEUDONYM_KEY", TEST_KEY)
     monkeypatch.setenv("LUNGCLS_WORK_DIR", str(tmp_path / "work"))
     copy = tmp_path / "root"
-    shutil.copytree(FIXTURE, copy)
+    shutil.copytree(OLD_ROOT, copy)
     return copy
 
 

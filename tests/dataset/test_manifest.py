@@ -23,8 +23,8 @@ from lungcls.ingest.ledger import Ledger
 from lungcls.io.quarantine import QuarantineItem, read_quarantine
 from lungcls.io.records import RecordError
 from lungcls.io.storage import Storage
+from tests.support import OLD_ROOT
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "root-0.1.0"
 MANIFEST = "datasets/lung-nodules/v1/manifest.json"
 
 # A reason.json exactly as lungcls 0.1.0's `write_quarantine` wrote it (the fixture root
@@ -55,7 +55,7 @@ OLD_REASON_PATH = "quarantine/dataset-20261130T202048Z-cf3e55/series-614f677a22e
 @pytest.fixture
 def old_root(tmp_path: Path) -> Storage:
     """A writable copy of the root lungcls 0.1.0 wrote."""
-    shutil.copytree(FIXTURE, tmp_path / "root")
+    shutil.copytree(OLD_ROOT, tmp_path / "root")
     return Storage(str(tmp_path / "root"))
 
 

@@ -24,9 +24,8 @@ from lungcls.registry.aliases import AliasPointer, read_alias
 from lungcls.registry.decisions import Decision, read_decisions
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record, versions_trained_on
-from tests.support import make_settings
+from tests.support import OLD_ROOT, make_settings
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "root-0.1.0"
 MODEL = "lung-nodule-cnn"
 MODEL_JSON = f"models/{MODEL}/v1/model.json"
 EVALUATION = f"models/{MODEL}/v1/evaluations/lung-nodules-v1"
@@ -39,7 +38,7 @@ DECISION_JSON = f"models/{MODEL}/decisions/20261130T202150.225142Z-2e52ffdc.json
 def old_root(tmp_path: Path) -> Path:
     """A copy of the 0.1.0 root (tests may write to it)."""
     root = tmp_path / "root"
-    shutil.copytree(FIXTURE, root)
+    shutil.copytree(OLD_ROOT, root)
     return root
 
 
@@ -147,7 +146,7 @@ def test_unknown_schema_version_is_refused_naming_the_file(
 
 
 def test_report_with_nan_metric_round_trips_as_null() -> None:
-    report = EvaluationReport.from_json((FIXTURE / REPORT_JSON).read_text(), REPORT_JSON)
+    report = EvaluationReport.from_json((OLD_ROOT / REPORT_JSON).read_text(), REPORT_JSON)
     values = {**report.metrics.at_operating_point.values, "roc_auc": math.nan}
     block = report.metrics.at_operating_point.model_validate(
         {**report.metrics.at_operating_point.model_dump(), "values": values}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +21,8 @@ from lungcls.ingest.series_store import (
 from lungcls.io.records import RecordError
 from lungcls.io.storage import Storage
 from lungcls.io.tables import check_columns
+from tests.support import OLD_ROOT
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "root-0.1.0"
 SERIES_FILE = "series/0123456789abcdef-00000000.parquet"
 
 
@@ -139,7 +138,7 @@ def test_series_files_from_before_split_still_read(storage: Storage) -> None:
 
 
 def test_the_root_written_by_0_1_0_reads() -> None:
-    storage = Storage(str(FIXTURE))
+    storage = Storage(str(OLD_ROOT))
     assert Ledger.load(storage).entries
     for shard in storage.list_files("datasets/lung-nodules/v1/shards"):
         assert read_shard_metadata(storage, shard.path).num_rows > 0

@@ -28,16 +28,15 @@ from lungcls.train.runs import (
     unfinished_runs,
     write_history,
 )
-from tests.support import make_settings
+from tests.support import OLD_ROOT, make_settings
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "root-0.1.0"
 OLD_RUN = "train-20261130T202053Z-dfd1f3"
 DATASET = DatasetRef(name="lung-nodules", version=1)
 
 
 @pytest.fixture
 def old_root(tmp_path: Path) -> Storage:
-    shutil.copytree(FIXTURE / "runs", tmp_path / "root" / "runs")
+    shutil.copytree(OLD_ROOT / "runs", tmp_path / "root" / "runs")
     return Storage.from_settings(make_settings(tmp_path / "root", tmp_path))
 
 
