@@ -23,8 +23,11 @@ rejected by the promotion gate.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
@@ -79,5 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run() -> NoReturn:
+    """The `lungcls` command: `main`, then an exit that native thread pools cannot abort.
+
+    pyarrow's C++ thread pools can still hold a joinable worker while the interpreter tears
+    itself down; std::terminate then aborts a run that finished its work (exit -6,
+    "terminate called without an active exception", apache/arrow#34314). So the exit
+    handlers (Prefect's temporary server, Ray) run here, the output is flushed, and the
+    process leaves before the native destructors run.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
