@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from lungcls.evaluate.report import (
     OperatingPoint,
     SubgroupRow,
 )
+from lungcls.io.artifacts import number
 
 NOT_A_DEVICE = "Research software, not a medical device."
 METRIC_LABELS: dict[str, str] = {
@@ -71,22 +71,16 @@ class _Section:
     blocks: list[str | _Table | list[str]] = field(default_factory=list)
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
 def _with_interval(value: float | None, interval: Sequence[float | None] | None) -> str:
     """Formats as `0.912 (0.850–0.967)`; the interval is left out when absent or undefined."""
-    text = _number(value)
-    if interval is None or len(interval) != 2 or "n/a" in map(_number, interval):
+    text = number(value)
+    if interval is None or len(interval) != 2 or "n/a" in map(number, interval):
         return text
-    return f"{text} ({_number(interval[0])}–{_number(interval[1])})"
+    return f"{text} ({number(interval[0])}–{number(interval[1])})"
 
 
 def _block_title(key: str, block: MetricsBlock) -> str:
-    threshold = _number(block.threshold)
+    threshold = number(block.threshold)
     if key == "at_operating_point":
         return f"operating point (threshold {threshold})"
     return f"threshold {threshold}"
@@ -112,18 +106,18 @@ def _overview(report: EvaluationReport) -> _Section:
 
 
 def _operating_point(point: OperatingPoint) -> _Section:
-    target, where = _number(point.target_sensitivity, 2), point.chosen_on
+    target, where = number(point.target_sensitivity, 2), point.chosen_on
     if point.confidence:
         how = (
             f": reaches sensitivity ≥ {target} in {point.confidence:.0%} of patient "
             f"resamples of the {where} split (the highest threshold reaching it on the "
-            f"split itself: {_number(point.val_threshold_at_target)})"
+            f"split itself: {number(point.val_threshold_at_target)})"
         )
     else:
         how = f": the highest threshold reaching sensitivity ≥ {target} on the {where} split"
     text = (
-        f"Threshold {_number(point.threshold)}{how}; sensitivity "
-        f"{_number(point.val_sensitivity)}, specificity {_number(point.val_specificity)} on "
+        f"Threshold {number(point.threshold)}{how}; sensitivity "
+        f"{number(point.val_sensitivity)}, specificity {number(point.val_specificity)} on "
         "validation, then applied unchanged to the evaluated samples."
     )
     return _Section("Operating point", [text])
@@ -175,9 +169,9 @@ def _subgroups(rows: list[SubgroupRow]) -> _Section:
             r.value,
             str(r.n),
             str(r.positives),
-            _number(r.sensitivity),
-            _number(r.specificity),
-            _number(r.roc_auc),
+            number(r.sensitivity),
+            number(r.specificity),
+            number(r.roc_auc),
         ]
         for r in rows
     ]

@@ -12,7 +12,6 @@ writes the full Markdown and HTML documents.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
@@ -20,7 +19,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from lungcls.dataset.manifest import ContractSummary, DatasetRef
 from lungcls.evaluate.metrics import METRIC_NAMES
-from lungcls.io.artifacts import Artifact
+from lungcls.io.artifacts import Artifact, number, rounded
 from lungcls.io.records import Part, Record
 from lungcls.io.storage import Storage
 from lungcls.registry.records import model_dir
@@ -183,7 +182,7 @@ class EvaluationReport(Record):
         return (
             f"model {model.name} v{model.version} on {self.dataset} {self.scope}; operating "
             f"point {point.threshold:.3f} chosen on {point.chosen_on} (val sensitivity "
-            f"{_number(point.val_sensitivity, 2)}, target {point.target_sensitivity:.2f})"
+            f"{number(point.val_sensitivity, 2)}, target {point.target_sensitivity:.2f})"
         )
 
     def key_metrics_caption(self) -> str:
@@ -207,9 +206,9 @@ class EvaluationReport(Record):
         return [
             {
                 "metric": m.name,
-                "value": _rounded(m.value),
-                "95% CI low": _rounded(m.ci95[0]) if m.ci95 else None,
-                "95% CI high": _rounded(m.ci95[1]) if m.ci95 else None,
+                "value": rounded(m.value),
+                "95% CI low": rounded(m.ci95[0]) if m.ci95 else None,
+                "95% CI high": rounded(m.ci95[1]) if m.ci95 else None,
             }
             for m in self.key_metrics()
         ]
@@ -234,13 +233,3 @@ class KeyMetric:
     name: str
     value: float | None
     ci95: tuple[float | None, float | None] | None
-
-
-def _rounded(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return value if isinstance(value, int) else round(value, 4)
-
-
-def _number(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"

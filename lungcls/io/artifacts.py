@@ -1,4 +1,5 @@
-"""What a run shows of its results in the Prefect UI, as plain records.
+"""What a run shows of its results in the Prefect UI, as plain records, and the two number
+formats every view of a record uses (terminal, Markdown, UI tables).
 
 Each stage's result has an `artifacts(storage)` method that returns these views, built by the
 same renderers the CLI prints with; `flows/` publishes them as Prefect artifacts without
@@ -9,11 +10,22 @@ patients).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from lungcls.io.records import Part
 
 Cell = str | int | float | None
+
+
+def rounded(value: float | None) -> float | None:
+    """A table cell: 4 decimals (counts stay integers); None when not estimable."""
+    return None if value is None or not math.isfinite(value) else round(value, 4)
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """A number in text: `digits` decimals, "n/a" when not estimable."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 class Artifact(Part):

@@ -9,12 +9,11 @@ the Prefect promotion artifact shows.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from lungcls.io.artifacts import Artifact
+from lungcls.io.artifacts import Artifact, rounded
 from lungcls.io.records import Part, Record
 from lungcls.io.storage import Storage
 
@@ -83,16 +82,12 @@ class Decision(Record):
             {
                 "gate": g.name,
                 "passed": "pass" if g.passed else "FAIL",
-                "value": _rounded(g.value),
-                "limit": _rounded(g.limit),
+                "value": rounded(g.value),
+                "limit": rounded(g.limit),
                 "detail": g.detail,
             }
             for g in self.gates
         ]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
 def decisions_dir(name: str) -> str:

@@ -20,6 +20,7 @@ from lungcls.config import PromotionSettings, Settings
 from lungcls.evaluate.bootstrap import paired_auc_difference
 from lungcls.evaluate.evaluation import Evaluation, evaluate_model
 from lungcls.evaluate.report import EvaluationReport
+from lungcls.io.artifacts import number
 from lungcls.io.storage import Storage
 from lungcls.registry.aliases import AliasState, move_alias, read_alias
 from lungcls.registry.decisions import Decision, Gate, Outcome, log_decision
@@ -48,7 +49,7 @@ def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate
             passed=_at_least(sensitivity, p.min_sensitivity),
             value=sensitivity,
             limit=p.min_sensitivity,
-            detail=f"test sensitivity {_number(sensitivity)} at threshold "
+            detail=f"test sensitivity {number(sensitivity)} at threshold "
             f"{at_op.threshold:.3f} (chosen on val for {target:.2f})",
         ),
         Gate(
@@ -56,14 +57,14 @@ def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate
             passed=_at_least(auc_low, p.min_auc_lower_ci),
             value=auc_low,
             limit=p.min_auc_lower_ci,
-            detail=f"test ROC AUC {_number(auc)}, 95 % CI lower bound {_number(auc_low)}",
+            detail=f"test ROC AUC {number(auc)}, 95 % CI lower bound {number(auc_low)}",
         ),
         Gate(
             name="max_ece",
             passed=ece is not None and ece <= p.max_ece,
             value=ece,
             limit=p.max_ece,
-            detail=f"expected calibration error {_number(ece)}",
+            detail=f"expected calibration error {number(ece)}",
         ),
         Gate(
             name="contracts_passed",
@@ -80,10 +81,6 @@ def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate
 def _at_least(value: float | None, limit: float) -> bool:
     """A value that could not be estimated passes no gate."""
     return value is not None and value >= limit
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _non_inferiority(settings: Settings, candidate: Evaluation, champion_version: int) -> Gate:

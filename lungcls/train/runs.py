@@ -21,7 +21,7 @@ from pydantic import SerializerFunctionWrapHandler, model_serializer
 from lungcls.config import ModelSettings, Settings, TrainSettings
 from lungcls.dataset.manifest import DatasetRef
 from lungcls.errors import LungclsError
-from lungcls.io.artifacts import Artifact
+from lungcls.io.artifacts import Artifact, number, rounded
 from lungcls.io.records import Part, Record
 from lungcls.io.runs import new_run_id
 from lungcls.io.storage import Storage
@@ -57,8 +57,8 @@ class EpochMetrics(Part):
     def progress_line(self, epochs: int, eta_s: float) -> str:
         """The line `lungcls train` prints as each epoch is checkpointed."""
         return (
-            f"epoch {self.epoch + 1}/{epochs}  loss {_number(self.train_loss)}  "
-            f"val AUC {_number(self.val_auc)}  {self.samples_per_s:.1f} samples/s  "
+            f"epoch {self.epoch + 1}/{epochs}  loss {number(self.train_loss, 4)}  "
+            f"val AUC {number(self.val_auc, 4)}  {self.samples_per_s:.1f} samples/s  "
             f"data wait {self.data_wait_fraction:.1%}  ETA {eta_s:.0f} s"
         )
 
@@ -205,7 +205,7 @@ class TrainResult(Record):
     def headline(self) -> str:
         return (
             f"{self.run_id}: model {self.model_name} v{self.model_version} (candidate), best "
-            f"val AUC {_number(self.best_val_auc)} at epoch {self.best_epoch + 1} of "
+            f"val AUC {number(self.best_val_auc, 4)} at epoch {self.best_epoch + 1} of "
             f"{self.epochs_run}, {self.seconds:.0f} s"
         )
 
@@ -214,9 +214,9 @@ class TrainResult(Record):
         return [
             {
                 "epoch": e.epoch + 1,
-                "train loss": _rounded(e.train_loss),
-                "val loss": _rounded(e.val_loss),
-                "val AUC": _rounded(e.val_auc),
+                "train loss": rounded(e.train_loss),
+                "val loss": rounded(e.val_loss),
+                "val AUC": rounded(e.val_auc),
                 "seconds": round(e.epoch_seconds, 1),
                 "best": "*" if e.epoch == self.best_epoch else "",
             }
@@ -244,11 +244,3 @@ def text_table(rows: list[Row]) -> list[str]:
     return [
         "  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells
     ]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
