@@ -21,7 +21,7 @@ import logging
 
 from lungcls.config import Settings
 from lungcls.dataset.build import dataset_fingerprint
-from lungcls.dataset.manifest import DatasetRef, version_dir
+from lungcls.dataset.manifest import DatasetRef
 from lungcls.dataset.summary import BuildSummary
 from lungcls.ingest.run import inbox_fingerprint
 from lungcls.ingest.summary import IngestSummary
@@ -54,10 +54,9 @@ def dataset_key(settings: Settings) -> str:
 def train_key(settings: Settings, dataset: DatasetRef) -> str:
     """Training is a function of the manifest's bytes and the model and training settings."""
     storage = Storage.from_settings(settings)
-    manifest = storage.sha256(f"{version_dir(dataset.name, dataset.version)}/manifest.json")
     return content_key(
         "train",
-        manifest,
+        storage.sha256(dataset.manifest_path),
         settings.train.model_dump(mode="json"),
         settings.model.model_dump(mode="json"),
     )

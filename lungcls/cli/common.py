@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from lungcls.config import Settings, load_settings
+from lungcls.io.records import Part
 
 Commands = Any  # argparse's private _SubParsersAction: what `add_subparsers` returns
 Handler = Callable[[argparse.Namespace], int]
@@ -30,11 +31,7 @@ def add_command(commands: Commands, name: str, handler: Handler, help_: str) -> 
     return sub
 
 
-class Printable(Protocol):
-    def to_json(self) -> bytes: ...
-
-
-def show(record: Printable, as_json: bool, lines: list[str]) -> int:
+def show(record: Part, as_json: bool, lines: list[str]) -> int:
     """Print a command's result: the whole record as JSON, or its lines for people."""
     print(record.to_json().decode() if as_json else "\n".join(lines))
     return 0

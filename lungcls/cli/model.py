@@ -84,10 +84,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from lungcls.registry.promote import promote
 
     decision = promote(settings_from(args), args.version, args.name)
-    if args.json:
-        print(json.dumps(decision.to_dict(), indent=2))
-    else:
-        print("\n".join(decision.summary_lines()))
+    show(decision, args.json, decision.summary_lines())
     return 0 if decision.outcome == "promoted" else 4
 
 

@@ -60,6 +60,10 @@ class Part(BaseModel):
     def _finite_or_none(cls, data: Any) -> Any:
         return strict_json_value(data) if isinstance(data, dict) else data
 
+    def to_json(self) -> bytes:
+        """Strict JSON (what `--json` prints and `Record.save` writes)."""
+        return dumps(self.model_dump(mode="json", by_alias=True))
+
 
 class Record(Part):
     """A JSON record with a schema tag (see the module docstring)."""
@@ -100,13 +104,6 @@ class Record(Part):
         """An older layout of this record in the current one; a record whose layout changed
         without a new schema version overrides this (default: as it is)."""
         return dict(raw) if isinstance(raw, dict) else raw
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON values, NaN as None (for Prefect results and `--json`)."""
-        return strict_json_value(self.model_dump(mode="json", by_alias=True))
-
-    def to_json(self) -> bytes:
-        return dumps(self.model_dump(mode="json", by_alias=True))
 
     @classmethod
     def load(cls, storage: Storage, rel: str) -> Self:

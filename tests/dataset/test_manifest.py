@@ -161,4 +161,4 @@ def test_renderers_say_what_the_manifest_says(old_root: Storage) -> None:
     assert cached.summary_lines() == [
         "dataset lung-nodules v1 is up to date: no new data, no new version"
     ]
-    assert BuildSummary.from_json(built.to_dict()) == built  # what a Prefect task returns
+    assert BuildSummary.from_json(built.to_json()) == built

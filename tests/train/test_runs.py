@@ -109,4 +109,4 @@ def test_the_result_renders_one_table_for_the_terminal_and_the_ui(old_root: Stor
     assert "best val AUC n/a at epoch 2 of 2, 12 s" in lines[0]
     assert lines[1].split("  ")[0] == "epoch" and "val AUC" in lines[1]
     assert lines[2].split()[:2] == ["1", "0.5326"] and lines[3].split()[-1] == "*"
-    assert TrainResult.from_json(result.to_dict()) == result
+    assert TrainResult.from_json(result.to_json()) == result

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from lungcls.dataset.manifest import SplitCounts, count_lines
 from lungcls.io.quarantine import QuarantineItem
-from lungcls.io.records import Part, Record, dumps
+from lungcls.io.records import Part, Record
 from lungcls.sources.images.options import ImportOptions
 
 
@@ -52,10 +52,6 @@ class ImportResult(Part):
     splits: SplitCounts  # images by assigned split and label; empty without --test-range
     quarantined: list[RefusedFile]
     report: str  # the ImportReport, under the storage root
-
-    def to_json(self) -> bytes:
-        """Strict JSON, as `Record.to_json` writes it (`ImportReport` inherits this one)."""
-        return dumps(self.model_dump(mode="json", by_alias=True))
 
     def summary_lines(self, report_url: str) -> list[str]:
         """What `lungcls import-images` prints; `report_url`: where the report is."""
