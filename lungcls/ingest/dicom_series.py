@@ -34,6 +34,15 @@ class Problem:
     message: str
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is fine but not an axial CT slice (a localizer, a dose report, …): counted
+    under its `code`, never an error and never quarantined."""
+
+    code: str
+    message: str
+
+
 @dataclass
 class CTSlice:
     """One decoded CT slice. Holds raw UIDs: it never leaves the ingest worker."""
@@ -90,6 +99,14 @@ def _parse(data: bytes) -> Dataset:
         if "SOPClassUID" not in ds or "PixelData" not in ds:
             raise
         return ds
+
+
+def read_file(
+    member: str, data: bytes, sha256: str, known_series: Container[str] = ()
+) -> list[CTSlice] | Problem | Skipped:
+    """Decode one DICOM file into its CT slices in HU (one per frame), or say why not."""
+    decoded = read_slice(member, data, sha256, known_series)
+    return decoded if isinstance(decoded, Problem) else [decoded]
 
 
 def read_slice(
