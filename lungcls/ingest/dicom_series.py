@@ -1,29 +1,86 @@
 """From DICOM files to checked CT volumes in Hounsfield units.
 
-`read_slice` turns one file into a `CTSlice` (or a `Problem` with a stable code), and
-`assemble_series` sorts the slices of one SeriesInstanceUID along the slice normal, checks
-that the geometry is one regular grid, and stacks the HU pixels into an int16 volume.
-This is the one way lungcls opens DICOM: ingest and predict both use it.
+`read_file` turns one file into its CT slices (one per frame), a `Skipped` (a fine file that
+is not an axial CT image: a localizer, a dose report, a PET series beside the CT, …) or a
+`Problem` with a stable code; it never raises, whatever the bytes. `assemble_series` sorts
+the slices of one SeriesInstanceUID along the slice normal, checks that the geometry is one
+regular grid, and stacks the HU pixels into an int16 volume. This is the one way lungcls
+opens DICOM: ingest and predict both use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pydicom
+import pydicom.config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from lungcls.ingest.deid import kept_metadata
+from lungcls.ingest.multiframe import (
+    CT_CLASSES,
+    CT_IMAGE_STORAGE,
+    UNIT_TOLERANCE,
+    FrameHeader,
+    HeaderError,
+    frame_headers,
+    is_multiframe,
+    multiframe_metadata,
+    uid,
+)
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+__all__ = [
+    "CT_IMAGE_STORAGE",
+    "CTSlice",
+    "CTVolume",
+    "Problem",
+    "Skipped",
+    "assemble_series",
+    "read_file",
+]
+
+# pydicom's value validation logs and warns invalid values verbatim (a malformed UID or name
+# would reach the logs); read_file checks every value it uses itself.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 HU_MIN, HU_MAX = -32768, 32767
+UNDEFINED_LENGTH = 0xFFFFFFFF
+# A slice whose normal is within 45° of the patient's z axis is axial (gantry tilt included);
+# beyond that it is a coronal, sagittal or oblique reconstruction.
+AXIAL_MIN_COSINE = math.cos(math.radians(45))
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its .1-.4 multi-frame variants
+NON_IMAGE_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports (dose reports) and key objects
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.481.",  # RT dose, structures, plans
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF, CDA, 3D models
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registrations, fiducials, segmentations
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
+    "1.2.840.10008.5.1.4.1.1.200.",  # CT protocols
+)
+NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC", "REG", "FID", "SEG", "PLAN", "RWV", "ECG"}
+NON_IMAGE_MODALITIES |= {"RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD"}
+# Imaging modalities that sit beside the CT in real exports (PET/CT, a prior MR, X-rays).
+OTHER_IMAGING_MODALITIES = {"PT", "MR", "NM", "US", "XA", "RF", "CR", "DX", "MG", "IO", "PX"}
+OTHER_IMAGING_MODALITIES |= {"OT", "RG", "XC", "ES", "GM", "SM", "OP", "OPT", "RTIMAGE"}
+LOCALIZER_TYPES = {"LOCALIZER", "SCOUT"}
+# ImageType values of images that are not a slice of HU in one plane: projections (MIP,
+# MinIP; MAXIMUM/MINIMUM are the Enhanced CT terms for them), renderings, curved reformats and
+# perfusion maps. Plain reformats (MPR, REFORMATTED, AVERAGE slabs) keep HU per voxel: the
+# axial ones are kept and the others are skipped by their orientation.
+DERIVED_TYPES = {"MIP", "MINIP", "MAXIMUM", "MINIMUM", "PROJECTION IMAGE", "VOLUME RENDER"}
+DERIVED_TYPES |= {"VOLUME_RENDER", "VRT", "SSD", "CURVED", "CPR", "RCBF", "RCBV", "MTT", "TTP"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +89,9 @@ class Problem:
 
     code: str
     message: str
+    # The raw SeriesInstanceUID of a refused CT slice, when readable: its series is then
+    # incomplete and is quarantined whole rather than stored short. Never leaves the worker.
+    series_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,11 +105,12 @@ class Skipped:
 
 @dataclass
 class CTSlice:
-    """One decoded CT slice. Holds raw UIDs: it never leaves the ingest worker."""
+    """One decoded CT slice (one frame of a file). Holds raw UIDs: it never leaves the ingest
+    worker."""
 
     member: str
     sha256: str
-    sop_uid: str
+    sop_uid: str  # unique per frame: "<SOPInstanceUID>#<frame number>" for multi-frame files
     series_uid: str
     study_uid: str
     patient_id: str
@@ -90,101 +151,204 @@ class CTVolume:
         return tuple(float(v) for v in self.first.orientation)
 
 
-def _parse(data: bytes) -> Dataset:
-    """Parse a file, accepting files without the 128-byte preamble only if they look like CT."""
-    try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        if "SOPClassUID" not in ds or "PixelData" not in ds:
-            raise
-        return ds
-
-
 def read_file(
     member: str, data: bytes, sha256: str, known_series: Container[str] = ()
 ) -> list[CTSlice] | Problem | Skipped:
-    """Decode one DICOM file into its CT slices in HU (one per frame), or say why not."""
-    decoded = read_slice(member, data, sha256, known_series)
-    return decoded if isinstance(decoded, Problem) else [decoded]
+    """Decode one DICOM file into its CT slices in HU (one per frame), or say why not.
 
-
-def read_slice(
-    member: str, data: bytes, sha256: str, known_series: Container[str] = ()
-) -> CTSlice | Problem:
-    """Decode one DICOM file into a CT slice in HU, or say precisely why not.
-
-    Series-level metadata is only extracted for the first slice of each series (those not in
-    `known_series`): attribute access is a large share of pydicom's cost per file.
+    Series-level metadata is only extracted for the first file of each series (those not in
+    `known_series`): attribute access is a large share of pydicom's cost per file. Never
+    raises: an unexpected error becomes `internal_error`, named by its type only (exception
+    text can quote header values).
     """
-    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
-        ds = _parse(data)
-    except InvalidDicomError:
-        return Problem("not_dicom", "not a DICOM file (no DICM preamble, no readable header)")
-    except Exception as error:  # pydicom raises many types on broken bytes
-        if has_preamble:
-            return Problem("truncated", f"DICOM header cannot be read to the end: {error}")
-        return Problem("not_dicom", f"not a DICOM file: {error}")
-    problem = _header_problem(ds)
-    if problem is not None:
-        return problem
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    pixels = _pixels(ds, syntax)
-    if isinstance(pixels, Problem):
-        return pixels
+        return _read_file(member, data, sha256, known_series)
+    except BaseException as error:  # the last line of defence: no input may stop a run
+        if not _recoverable(error):
+            raise
+        return Problem(
+            "internal_error",
+            f"unexpected {type(error).__name__} while reading this file; please report it",
+        )
 
-    with_metadata = str(ds.SeriesInstanceUID) not in known_series
-    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-    if slope == 1.0 and intercept.is_integer() and pixels.dtype.kind in "iu":
-        hu = pixels.astype(np.int32) + int(intercept)  # the usual case: exact and cheaper
-    else:
-        hu = np.rint(pixels.astype(np.float32) * slope + intercept)
-    return CTSlice(
-        member=member,
-        sha256=sha256,
-        sop_uid=str(ds.SOPInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        study_uid=str(ds.StudyInstanceUID),
-        patient_id=str(ds.get("PatientID", "")),
-        position_xyz_mm=np.asarray([float(v) for v in ds.ImagePositionPatient]),
-        orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient]),
-        pixel_spacing_mm=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-        hu=np.clip(hu, HU_MIN, HU_MAX).astype(np.int16),
-        metadata=kept_metadata(ds) if with_metadata else {},
-        transfer_syntax=str(syntax or ""),
+
+def _recoverable(error: BaseException) -> bool:
+    """Any Exception, and the panics of decoders written in Rust (pyo3's PanicException is
+    a BaseException); never KeyboardInterrupt or SystemExit."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
+
+
+def _read_file(
+    member: str, data: bytes, sha256: str, known_series: Container[str]
+) -> list[CTSlice] | Problem | Skipped:
+    ds = _parse(data)
+    if isinstance(ds, Problem):
+        return ds
+    verdict = _not_a_ct_slice(ds)
+    if verdict is not None:
+        return verdict
+    try:
+        series_uid = uid(ds, "SeriesInstanceUID")
+    except HeaderError as error:
+        return Problem(error.code, error.message)
+    try:
+        decoded = _ct_slices(ds, member, sha256, series_uid, known_series)
+    except HeaderError as error:
+        decoded = Problem(error.code, error.message)
+    if isinstance(decoded, Problem):
+        return dataclasses.replace(decoded, series_uid=series_uid)
+    return decoded
+
+
+def _parse(data: bytes) -> Dataset | Problem:
+    """Parse a file, accepting files without the 128-byte preamble only if they look like CT.
+
+    A file cut short is `truncated`, with its SeriesInstanceUID when the header before the
+    cut holds it (its series is then incomplete)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if not _cut_short(ds):
+            return ds
+    except InvalidDicomError:
+        return _parse_without_preamble(data)
+    except Exception:  # pydicom raises many types on broken bytes; their text can quote values
+        if not (len(data) >= 132 and data[128:132] == b"DICM"):
+            return Problem("not_dicom", "not a DICOM file (no readable header)")
+    return Problem(
+        "truncated", "the file ends inside an element: cut short or damaged", _header_series(data)
     )
 
 
-def _header_problem(ds: Dataset) -> Problem | None:
-    """Why a parsed file is not a usable CT slice (modality, UIDs, geometry, rescale)."""
-    modality = str(ds.get("Modality", ""))
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if modality != "CT" or sop_class != CT_IMAGE_STORAGE:
+def _parse_without_preamble(data: bytes) -> Dataset | Problem:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "SOPClassUID" in ds and "PixelData" in ds and not _cut_short(ds):
+            return ds
+    except Exception:
+        pass
+    return Problem("not_dicom", "not a DICOM file (no DICM preamble, no readable header)")
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """Whether pydicom stopped at the end of the bytes without raising: it then returns an
+    empty dataset (a cut inside encapsulated pixel data) or a last value shorter than its
+    declared length."""
+    if len(ds) == 0:
+        return True
+    last = ds.get_item(max(ds.keys()))
+    return (
+        isinstance(last, RawDataElement)
+        and last.length != UNDEFINED_LENGTH
+        and isinstance(last.value, bytes)
+        and len(last.value) < last.length
+    )
+
+
+def _header_series(data: bytes) -> str | None:
+    """The SeriesInstanceUID of a damaged file, read from its header alone, when readable."""
+    try:
+        return uid(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), "SeriesInstanceUID")
+    except Exception:
+        return None
+
+
+def _not_a_ct_slice(ds: Dataset) -> Skipped | Problem | None:
+    """Files that are not CT images: skipped when they are normal beside a CT series (other
+    objects and modalities of the same export), refused when their header contradicts
+    itself. None for a CT image."""
+    sop_class, modality = _text(ds, "SOPClassUID"), _text(ds, "Modality").upper()
+    if not sop_class:  # pydicom reads a file cut at an element boundary without complaint
+        return Problem("missing_uid", "SOPClassUID is missing (or the file was cut short)")
+    if sop_class not in CT_CLASSES:
+        if sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + "."):
+            return Skipped("skip_secondary_capture", "a secondary capture, not a CT slice")
+        if (
+            sop_class.startswith(NON_IMAGE_CLASS_PREFIXES)
+            or modality in NON_IMAGE_MODALITIES
+            or "PixelData" not in ds
+        ):
+            return Skipped(
+                "skip_non_image",
+                "not an image (a dose report, structured report, presentation state, …)",
+            )
+        if modality in OTHER_IMAGING_MODALITIES:
+            return Skipped("skip_other_modality", f"a {modality} image beside the CT images")
         return Problem(
             "not_ct",
-            f"modality {modality or '(none)'} with SOP class {sop_class or '(none)'}; "
-            f"expected CT Image Storage ({CT_IMAGE_STORAGE})",
+            f"modality {modality if modality in {'CT', ''} else '(other)'} with a SOP class "
+            f"that is not a CT image ({_sop_class_name(sop_class)}); expected CT Image "
+            f"Storage ({CT_IMAGE_STORAGE}) or Enhanced CT",
         )
-    for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
-        if not ds.get(keyword):
-            return Problem("missing_uid", f"{keyword} is missing")
-    missing = [
-        k
-        for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-        if k not in ds
-    ]
-    if missing:
-        return Problem("missing_geometry", f"geometry attributes missing: {', '.join(missing)}")
-    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
-        return Problem("missing_rescale", "RescaleSlope/RescaleIntercept missing: HU unknown")
-    if "PixelData" not in ds:
-        return Problem("missing_pixel_data", "the file has no PixelData")
+    if modality != "CT" and "PixelData" in ds:  # without pixels: a CT file cut short
+        return Problem("not_ct", "a CT SOP class, but Modality is not CT")
+    image_type = _image_type(ds)
+    if image_type & LOCALIZER_TYPES:
+        return Skipped("skip_localizer", "a localizer (scout) image")
+    if image_type & DERIVED_TYPES:
+        derived = ", ".join(sorted(image_type & DERIVED_TYPES))
+        return Skipped("skip_derived", f"a derived image ({derived}), not HU in one plane")
     return None
 
 
-def _pixels(ds: Dataset, syntax: UID | None) -> np.ndarray | Problem:
-    """The stored pixel values of one 2D frame, or why they cannot be decoded."""
+def _ct_slices(
+    ds: Dataset, member: str, sha256: str, series_uid: str, known_series: Container[str]
+) -> list[CTSlice] | Problem | Skipped:
+    """The slices of a file that is a CT image (one per frame), or why not."""
+    if "PixelData" not in ds:  # first: PixelData comes last, a file cut short lacks it
+        return Problem(
+            "missing_pixel_data", "the file has no PixelData (or the file was cut short)"
+        )
+    sop_uid, study_uid = uid(ds, "SOPInstanceUID"), uid(ds, "StudyInstanceUID")
+    frames = frame_headers(ds)
+    if any(abs(float(frame.normal[2])) < AXIAL_MIN_COSINE for frame in frames):
+        return Skipped(
+            "skip_non_axial",
+            "a non-axial image (coronal, sagittal or oblique): its normal is more than 45° "
+            "from the patient's z axis",
+        )
+    if _text(ds, "BurnedInAnnotation").upper() == "YES":
+        return Problem(
+            "burned_in_annotation",
+            "BurnedInAnnotation is YES: the pixels may show patient identifiers; remove the "
+            "file or export the series without annotations",
+        )
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    pixels = _pixels(ds, syntax, len(frames))
+    if isinstance(pixels, Problem):
+        return pixels
+
+    padding = _padding_value(ds)
+    multiframe = is_multiframe(ds)
+    patient_id = _text(ds, "PatientID")
+    slices = []
+    for frame, stored in zip(frames, pixels, strict=True):
+        hu = _hu(stored, frame, padding)
+        if isinstance(hu, Problem):
+            return hu
+        first = not slices and series_uid not in known_series
+        slices.append(
+            CTSlice(
+                member=member,
+                sha256=sha256,
+                sop_uid=f"{sop_uid}#{frame.frame_number}" if multiframe else sop_uid,
+                series_uid=series_uid,
+                study_uid=study_uid,
+                patient_id=patient_id,
+                position_xyz_mm=frame.position_xyz_mm,
+                orientation=frame.orientation,
+                pixel_spacing_mm=frame.pixel_spacing_mm,
+                hu=hu,
+                metadata=_metadata(ds, multiframe) if first else {},
+                transfer_syntax=str(syntax or ""),
+            )
+        )
+    return slices
+
+
+def _pixels(ds: Dataset, syntax: UID | None, frames: int) -> np.ndarray | Problem:
+    """The stored pixel values as (frames, rows, columns), or why they cannot be decoded."""
+    if syntax is not None and not syntax.is_transfer_syntax:
+        return Problem("no_decoder", "the TransferSyntaxUID is not a known transfer syntax")
     if syntax is not None and syntax.is_compressed:
         try:
             available = get_decoder(syntax).is_available
@@ -198,17 +362,102 @@ def _pixels(ds: Dataset, syntax: UID | None) -> np.ndarray | Problem:
             )
     try:
         pixels = ds.pixel_array
-    except Exception as error:
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8
-        if syntax is not None and not syntax.is_compressed and len(ds.PixelData) < expected:
-            return Problem(
-                "truncated",
-                f"pixel data holds {len(ds.PixelData)} of {expected} bytes: file truncated",
-            )
-        return Problem("pixel_decode_error", f"pixel data cannot be decoded: {error}")
-    if pixels.ndim != 2:
-        return Problem("unsupported_pixels", f"expected one 2D frame, got shape {pixels.shape}")
+    except BaseException as error:  # decoders raise many types; their text is not for the record
+        if not _recoverable(error):
+            raise
+        if _native_pixels_short(ds, syntax, frames):
+            return Problem("truncated", "the pixel data is shorter than its size: file truncated")
+        name = syntax.name if syntax is not None else "no transfer syntax given"
+        return Problem(
+            "pixel_decode_error",
+            f"pixel data ({name}) cannot be decoded ({type(error).__name__})",
+        )
+    if pixels.ndim == 2 and frames == 1:
+        pixels = pixels[np.newaxis]
+    if pixels.ndim != 3 or pixels.shape[0] != frames:
+        return Problem(
+            "unsupported_pixels",
+            f"expected {frames} grey frame(s), got an array of shape {pixels.shape}",
+        )
     return pixels
+
+
+def _native_pixels_short(ds: Dataset, syntax: UID | None, frames: int) -> bool:
+    """Whether uncompressed pixel data holds fewer bytes than its header promises."""
+    if syntax is None or syntax.is_compressed:
+        return False
+    try:
+        bits = int(ds.get("BitsAllocated", 16))
+        expected = int(ds.Rows) * int(ds.Columns) * frames * bits // 8
+        return len(ds.PixelData) < expected
+    except Exception:
+        return False
+
+
+def _hu(stored: np.ndarray, frame: FrameHeader, padding: int | None) -> np.ndarray | Problem:
+    """One frame's stored values in HU as int16; values outside int16 other than the pixel
+    padding mean the stored values were misread (signedness, bit depth) or are damaged."""
+    slope, intercept = frame.slope, frame.intercept
+    if (
+        slope == 1.0
+        and intercept.is_integer()
+        and abs(intercept) < 2**20
+        and stored.dtype.kind in "iu"
+    ):
+        hu = stored.astype(np.int32) + int(intercept)  # the usual case: exact and cheaper
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            hu = np.rint(stored.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+    if not (hu.min() >= HU_MIN and hu.max() <= HU_MAX):
+        outside = ~((hu >= HU_MIN) & (hu <= HU_MAX))
+        if padding is not None:
+            outside &= stored != padding
+        if outside.any():
+            return Problem(
+                "hu_out_of_range",
+                "stored values rescale to HU outside -32768..32767: the pixel data does not "
+                "match PixelRepresentation/BitsStored or the rescale (a vendor quirk or a "
+                "damaged file)",
+            )
+    return np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
+
+
+def _padding_value(ds: Dataset) -> int | None:
+    try:
+        value = ds.get("PixelPaddingValue")
+        return None if value is None else int(value)
+    except Exception:  # an unreadable padding value only loses the exemption
+        return None
+
+
+def _metadata(ds: Dataset, multiframe: bool) -> dict[str, Any]:
+    return multiframe_metadata(ds) if multiframe else kept_metadata(ds)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A text attribute, "" when absent or unreadable."""
+    try:
+        value = ds.get(keyword)
+        return "" if value is None else str(value).strip()
+    except Exception:
+        return ""
+
+
+def _image_type(ds: Dataset) -> set[str]:
+    try:
+        value = ds.get("ImageType")
+        values = [value] if isinstance(value, str) else list(value or ())
+        return {str(v).strip().upper() for v in values}
+    except Exception:
+        return set()
+
+
+def _sop_class_name(sop_class: str) -> str:
+    """A SOP class by its registered name; an unregistered value is not repeated."""
+    if not sop_class:
+        return "none"
+    name = UID(sop_class).name
+    return name if name != sop_class else "an unregistered SOP class"
 
 
 def assemble_series(slices: Sequence[CTSlice], tolerance_mm: float = 0.05) -> CTVolume | Problem:
@@ -239,7 +488,7 @@ def assemble_series(slices: Sequence[CTSlice], tolerance_mm: float = 0.05) -> CT
 
     row_cosines, column_cosines = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row_cosines, column_cosines)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=UNIT_TOLERANCE):
         return Problem("missing_geometry", "ImageOrientationPatient is not two unit vectors")
     unique.sort(key=lambda s: float(s.position_xyz_mm @ normal))
     along = np.array([s.position_xyz_mm @ normal for s in unique])
