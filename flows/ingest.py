@@ -14,15 +14,18 @@ from lungcls.pipeline import ingest_key
 
 
 @stage_task("ingest-archives", ingest_key)
-def ingest_archives(settings: Settings, batch: str | None) -> IngestSummary:
-    return ingest(settings, batch, progress=False)
+def ingest_archives(
+    settings: Settings, batch: str | None, retry_rejected: bool = False
+) -> IngestSummary:
+    return ingest(settings, batch, progress=False, retry_rejected=retry_rejected)
 
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(params: IngestParameters = IngestParameters()) -> IngestSummary:
     """Ingest every new or changed DICOM archive under the inbox; quarantine what is bad."""
     settings = params.settings()
-    summary, cached = run_stage(ingest_archives, settings, params.batch)
+    retry = params.retry_rejected  # a retry re-reads an unchanged inbox: never cached
+    summary, cached = run_stage(ingest_archives, settings, params.batch, retry, refresh=retry)
     summary = summary.as_cached() if cached else summary  # cached: the inbox is unchanged
     publish(summary.artifacts(Storage.from_settings(settings)))
     get_run_logger().info(summary.summary_lines()[0])

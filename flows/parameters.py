@@ -35,6 +35,11 @@ class IngestParameters(RunParameters):
     batch: str | None = Field(
         None, description="Ingest only inbox/<batch>/; default: every new or changed archive."
     )
+    retry_rejected: bool = Field(
+        False,
+        description="Read again the archives refused before (or with refused files or "
+        "series), e.g. after installing a decoder; done by itself when ingest settings change.",
+    )
 
 
 class RetrainParameters(IngestParameters):
@@ -45,7 +50,9 @@ class RetrainParameters(IngestParameters):
     )
 
     def for_ingest(self) -> IngestParameters:
-        return IngestParameters(**self.where().model_dump(), batch=self.batch)
+        return IngestParameters(
+            **self.where().model_dump(), batch=self.batch, retry_rejected=self.retry_rejected
+        )
 
     def for_train(self, dataset_version: int) -> TrainParameters:
         return TrainParameters(

@@ -41,9 +41,9 @@ def content_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def ingest_key(settings: Settings, batch: str | None) -> str:
+def ingest_key(settings: Settings, batch: str | None, retry_rejected: bool = False) -> str:
     """Ingest is a function of the inbox listing (and the ingest settings)."""
-    return content_key("ingest", inbox_fingerprint(settings, batch))
+    return content_key("ingest", inbox_fingerprint(settings, batch), retry_rejected)
 
 
 def dataset_key(settings: Settings) -> str:

@@ -72,10 +72,16 @@ def cmd_import_images(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from lungcls.ingest.run import ingest
+    from lungcls.io.quarantine import read_quarantine
+    from lungcls.io.storage import Storage
 
     settings = settings_from(args)
-    summary = ingest(settings, batch=args.batch, progress=None if not args.json else False)
-    return show(summary, args.json, summary.summary_lines())
+    progress = None if not args.json else False
+    summary = ingest(settings, args.batch, progress, retry_rejected=args.retry_rejected)
+    # The operator's view: each refused archive, file and labels row with where it is.
+    storage = Storage.from_settings(settings)
+    full = [item.line() for item in read_quarantine(storage, summary.run_id)]
+    return show(summary, args.json, [*summary.headline(), *full])
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
@@ -205,6 +211,12 @@ def register(commands: Commands) -> None:
 
     ingest = add_command(commands, "ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
     ingest.add_argument("--batch", help="only this batch folder (default: every batch)")
+    ingest.add_argument(
+        "--retry-rejected",
+        action="store_true",
+        help="read again the archives refused before, or with refused files or series (done "
+        "by itself when the ingest settings changed since they were refused)",
+    )
     ingest.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
     dataset = commands.add_parser(

@@ -5,12 +5,20 @@ a top-level folder of a batch, or the loose files directly in a batch folder.
 Members are streamed one at a time (tar in streaming mode, zip through random access on the
 remote file), so memory holds one member, never the archive. Hostile archives are refused:
 unsafe member paths (absolute, `..`, links), too many members, members or totals that are
-too large, and decompression ratios that only a bomb reaches.
+too large, and decompression ratios that only a bomb reaches. An archive that cannot be read
+to its end (still being copied, damaged, encrypted, or compressed with a method Python cannot
+read) is refused whole: a series is never stored short because a member was lost.
+
+Reading errors of the storage itself are raised as `StorageError` (a rerun finishes the job);
+anything wrong with the bytes is an `ArchiveRejected` with a stable code.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import posixpath
 import stat
 import tarfile
@@ -18,14 +26,20 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from lungcls.config import IngestLimits
-from lungcls.io.storage import CHUNK_BYTES, HashingReader, ObjectInfo, Storage
+from lungcls.io.storage import CHUNK_BYTES, HashingReader, ObjectInfo, Storage, StorageError
 
 ArchiveKind = Literal["zip", "tar", "folder"]
 LABELS_FILE = "labels.csv"
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# What Python's zipfile can decompress; Deflate64 (9), zstd (93), PPMd (98) … it cannot.
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ZIP_METHOD_NAMES = {9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "zstd", 95: "xz", 98: "PPMd"}
+_TAR_BLOCK = 512
+# What damaged or cut archive bytes raise while they are read.
+_UNREADABLE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -196,9 +210,19 @@ class ArchiveReader:
             for item in reader[self.ref.kind]():
                 produced = produced or isinstance(item, Member)
                 yield item
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
+        except StorageError:
+            raise
+        except _UNREADABLE as error:
             raise ArchiveRejected(
-                "corrupt_archive", f"cannot read {self.ref.kind} archive: {error}"
+                "corrupt_archive",
+                f"cannot read the {self.ref.kind} archive to its end ({type(error).__name__}): "
+                "it is damaged or still being copied; it is read again once it changes",
+            ) from error
+        except OSError as error:  # storage reads are StorageError, so this is the bytes
+            raise ArchiveRejected(
+                "corrupt_archive",
+                f"cannot decompress the {self.ref.kind} archive ({type(error).__name__}): "
+                "it is damaged or still being copied; it is read again once it changes",
             ) from error
         if not produced:
             raise ArchiveRejected("empty_archive", "the archive holds no readable files")
@@ -208,8 +232,12 @@ class ArchiveReader:
         self.sha256 = self.storage.sha256(self.ref.key)
         self.bytes_read += self.ref.size
         budget = _Budget(self.limits)
-        with self.storage.open(self.ref.key, "rb") as raw, zipfile.ZipFile(raw) as archive:
+        with (
+            _storage_stream(self.storage, self.ref.key) as raw,
+            zipfile.ZipFile(raw) as archive,
+        ):
             infos = archive.infolist()
+            _refuse_unreadable_zip(infos)
             if len(infos) > self.limits.max_members:
                 budget.members = len(infos) - 1
                 budget.count_member()
@@ -241,20 +269,17 @@ class ArchiveReader:
                 budget.check_member_size(info.filename, info.file_size)
                 compressed += info.compress_size
                 with archive.open(info) as stream:
-                    try:
-                        data, digest = _read_limited(
-                            stream, info.filename, budget, lambda c=compressed: c
-                        )
-                    except zipfile.BadZipFile as error:
-                        yield MemberProblem(info.filename, "corrupt_member", str(error))
-                        continue
+                    data, digest = _read_limited(
+                        stream, info.filename, budget, lambda c=compressed: c
+                    )
                 yield Member(info.filename, data, digest)
 
     def _tar_members(self) -> Iterator[Member | MemberProblem]:
         budget = _Budget(self.limits)
-        with self.storage.open(self.ref.key, "rb") as raw:
+        with _storage_stream(self.storage, self.ref.key) as raw:
             hashing = HashingReader(raw)
-            with tarfile.open(fileobj=hashing, mode="r|*") as archive:
+            tap = _TailTap(_decompressed(hashing))
+            with tarfile.open(fileobj=tap, mode="r|") as archive:
                 for info in archive:
                     if info.isdir():
                         continue
@@ -272,7 +297,13 @@ class ArchiveReader:
                         stream, info.name, budget, lambda: hashing.bytes_read
                     )
                     yield Member(info.name, data, digest)
-            while hashing.read(CHUNK_BYTES):  # the trailer, so the digest covers every byte
+                # tarfile ends quietly at a cut header; only the end-of-archive block
+                # (zeros) proves that no member is missing.
+                if not tap.zeros_at(archive.offset):
+                    raise tarfile.ReadError("no end-of-archive marker: the tar is cut short")
+            while tap.read(CHUNK_BYTES):  # to the end: checks a compressed stream's trailer
+                pass
+            while hashing.read(CHUNK_BYTES):  # and the digest covers every byte
                 pass
         self.sha256 = hashing.hexdigest()
         self.bytes_read += hashing.bytes_read
@@ -285,9 +316,135 @@ class ArchiveReader:
             budget.count_member()
             name = info.path[len(prefix) :] if info.path.startswith(prefix) else info.path
             budget.check_member_size(name, info.size)
-            data = self.storage.read_bytes(info.path)
+            try:
+                data = self.storage.read_bytes(info.path)
+            except Exception as error:
+                raise StorageError(f"cannot read a file of a folder archive: {error}") from error
             self.bytes_read += len(data)
             digest = hashlib.sha256(data).hexdigest()
             combined.update(f"{name}\t{digest}\n".encode())
             yield Member(name, data, digest)
         self.sha256 = combined.hexdigest()
+
+
+def _refuse_unreadable_zip(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse the whole zip when a member cannot be read: a lost slice would shorten a series."""
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise ArchiveRejected(
+                "encrypted_archive",
+                "the zip is password-protected; export it again without a password",
+            )
+        if info.compress_type not in _ZIP_METHODS:
+            method = _ZIP_METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise ArchiveRejected(
+                "unsupported_compression",
+                f"zip members are compressed with {method}, which cannot be read here; "
+                "export again with standard Deflate (or as .tar.gz)",
+            )
+
+
+class _StorageStream:
+    """A storage file whose read errors are `StorageError`s: what fails in the storage is
+    told apart from what is wrong with the bytes (an input to refuse)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self.raw, name)(*args)
+        except Exception as error:
+            raise StorageError(f"reading an archive failed: {type(error).__name__}") from error
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call("read", size)
+
+    # Seeks do no I/O (a remote file fetches on read); a bad offset comes from the bytes.
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> _StorageStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _storage_stream(storage: Storage, rel: str) -> _StorageStream:
+    try:
+        return _StorageStream(storage.open(rel, "rb"))
+    except Exception as error:
+        raise StorageError(f"opening an archive failed: {type(error).__name__}") from error
+
+
+class _Prefixed:
+    """A stream with its first bytes already read (to sniff the compression) put back."""
+
+    def __init__(self, head: bytes, rest: IO[bytes] | HashingReader) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(size)
+        if size < 0:
+            data, self.head = self.head + self.rest.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data if len(data) == size else data + self.rest.read(size - len(data))
+
+    def readable(self) -> bool:
+        return True
+
+
+def _decompressed(stream: HashingReader) -> IO[bytes] | _Prefixed:
+    """The tar bytes of a plain, gzip, bzip2 or xz stream. The decompressors (unlike
+    tarfile's own streaming) raise when the stream ends before its end-of-stream marker."""
+    head = stream.read(6)
+    sniffed = _Prefixed(head, stream)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=sniffed, mode="rb")  # type: ignore[arg-type]
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(sniffed)  # type: ignore[arg-type]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(sniffed)  # type: ignore[arg-type]
+    return sniffed
+
+
+class _TailTap:
+    """Passes reads through and keeps the last bytes, to check the tar end-of-archive block."""
+
+    KEEP = 64 * 1024
+
+    def __init__(self, stream: IO[bytes] | _Prefixed) -> None:
+        self.stream = stream
+        self.tail = bytearray()
+        self.total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.total += len(data)
+        self.tail += data
+        del self.tail[: max(0, len(self.tail) - self.KEEP)]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def zeros_at(self, offset: int) -> bool:
+        """Whether a whole block of zeros was read at stream offset `offset`."""
+        start = offset - (self.total - len(self.tail))
+        block = bytes(self.tail[start : start + _TAR_BLOCK]) if start >= 0 else b""
+        return len(block) == _TAR_BLOCK and not block.strip(b"\0")

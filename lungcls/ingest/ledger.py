@@ -9,6 +9,7 @@ rerun ingests that archive again and the ledger points at the new file.
 from __future__ import annotations
 
 import io
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
@@ -29,15 +30,20 @@ _SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("version_tag", pa.string()),
         ("sha256", pa.string()),
+        ("archive_id", pa.string()),
         ("status", pa.string()),
         ("reason_code", pa.string()),
         ("series_file", pa.string()),
         ("series_ids", pa.list_(pa.string())),
         ("n_quarantined", pa.int32()),
+        ("n_skipped", pa.int32()),
+        ("settings_hash", pa.string()),
         ("run_id", pa.string()),
         ("ingested_at", pa.string()),
     ]
 )
+# Columns ledgers written before them lack; their rows read with the field's default.
+_OPTIONAL = frozenset({"archive_id", "n_skipped", "settings_hash"})
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,13 @@ class LedgerEntry:
     status: Status
     reason_code: str  # why a rejected archive was refused; "" otherwise
     series_file: str  # "" when no series came out of it
-    series_ids: list[str] = field(default_factory=list)  # the series this version owns
+    # The series this version owns; a series spread over several archives of a batch is
+    # owned by each of them and stored in the series file of the first.
+    series_ids: list[str] = field(default_factory=list)
     n_quarantined: int = 0
+    n_skipped: int = 0  # files that are fine but not axial CT (localizers, dose reports, …)
+    archive_id: str = ""  # the keyed pseudonym that names the archive outside the ledger
+    settings_hash: str = ""  # the ingest settings that judged it (a change retries rejects)
     run_id: str = ""
     ingested_at: str = ""
 
@@ -68,7 +79,7 @@ class Ledger:
         if not storage.exists(LEDGER_PATH):
             return cls([])
         table = pq.read_table(io.BytesIO(storage.read_bytes(LEDGER_PATH)))
-        check_columns(table.schema, _SCHEMA, storage.url(LEDGER_PATH), "ledger")
+        check_columns(table.schema, _SCHEMA, storage.url(LEDGER_PATH), "ledger", _OPTIONAL)
         return cls([LedgerEntry(**row) for row in table.to_pylist()])
 
     def save(self, storage: Storage) -> None:
@@ -85,12 +96,13 @@ class Ledger:
                 return entry
         return None
 
-    def owned_series(self, excluding_archive: str | None = None) -> dict[str, str]:
-        """Series id -> the archive that owns it, over all current rows."""
-        owners: dict[str, str] = {}
+    def owners(self, excluding: Container[str] = ()) -> dict[str, LedgerEntry]:
+        """Series id -> the current row of an archive that owns it, over every archive but
+        those `excluding` (ledger keys)."""
+        owners: dict[str, LedgerEntry] = {}
         for entry in self.entries:
-            if entry.status == "ingested" and entry.archive != excluding_archive:
-                owners.update(dict.fromkeys(entry.series_ids, entry.archive))
+            if entry.status == "ingested" and entry.archive not in excluding:
+                owners.update(dict.fromkeys(entry.series_ids, entry))
         return owners
 
     def record(self, entry: LedgerEntry) -> None:

@@ -1,11 +1,16 @@
 """Ingest: DICOM archives in `inbox/` -> de-identified series store, ledger and quarantine.
 
-    lungcls ingest [--batch NAME] [--json]
+    lungcls ingest [--batch NAME] [--retry-rejected] [--json]
 
-Each archive is one unit of work (a Ray task): its members are streamed, decoded, grouped
-into series, checked, de-identified and written as one series file. The driver commits each
-finished archive to the ledger, so a rerun skips what is done and a crash costs at most the
-archives in flight. Bad input is quarantined with a reason and the run goes on.
+Two phases, each a set of Ray tasks:
+1. *scan* each new or changed archive to its end (`scan_archive`): members are decoded,
+   de-identified and staged slice by slice; a refused archive is committed at once.
+2. *assemble* series (`assemble_group`) across the archives of a batch that share them, one
+   series in memory at a time, into one series file per group.
+The driver commits each finished group to the ledger, so a rerun skips what is done and a
+crash costs at most the work in flight. Nothing an archive holds can stop the run: whatever
+goes wrong inside one archive, file or series is quarantined with a stable code; only a
+storage failure raises (retrying then finishes the job).
 """
 
 from __future__ import annotations
@@ -14,137 +19,34 @@ import hashlib
 import json
 import logging
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from tqdm import tqdm
 
 from lungcls.config import IngestSettings, Settings
-from lungcls.ingest.archive import ArchiveRef, ArchiveRejected, discover_archives
-from lungcls.ingest.decode import decode_archive
-from lungcls.ingest.deid import pseudonym, pseudonym_key
-from lungcls.ingest.dicom_series import CTVolume
-from lungcls.ingest.labels import BatchLabels, LabelProblem, parse_labels
-from lungcls.ingest.ledger import Ledger, LedgerEntry
-from lungcls.ingest.series_store import (
-    SeriesRecord,
-    new_series_file,
-    read_series_index,
-    write_series_file,
+from lungcls.ingest.archive import ArchiveRef, discover_archives
+from lungcls.ingest.assemble import GroupOutcome, SeriesGroup, assemble_group, group_scans
+from lungcls.ingest.decode import ArchiveScan, scan_archive
+from lungcls.ingest.deid import pseudonym_key
+from lungcls.ingest.label_table import (
+    batch_pseudonym,
+    current_labels,
+    refresh_labels,
+    unmatched_labels,
 )
+from lungcls.ingest.ledger import Ledger, LedgerEntry
+from lungcls.ingest.staging import staging_folder
 from lungcls.ingest.summary import IngestSummary
 from lungcls.io.compute import map_unordered
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.runs import new_run_id
-from lungcls.io.storage import ObjectInfo, Storage
+from lungcls.io.storage import Storage
 
 log = logging.getLogger(__name__)
 
 LEDGER_SAVE_INTERVAL_S = 1.0
-
-
-@dataclass
-class ArchiveOutcome:
-    """What one archive produced; small enough to travel back from a Ray task."""
-
-    key: str
-    sha256: str
-    bytes_read: int
-    status: str  # "ingested" or "rejected"
-    series_file: str = ""
-    series: list[tuple[str, str, str]] = field(default_factory=list)  # series, study, patient
-    quarantined: list[QuarantineItem] = field(default_factory=list)
-    duplicate_files: int = 0
-
-
-def ingest_archive(
-    storage: Storage,
-    ref: ArchiveRef,
-    options: IngestSettings,
-    key: bytes,
-    labels: BatchLabels | None,
-    run_id: str,
-) -> ArchiveOutcome:
-    """Ingest one archive: write its good series as one file, quarantine the rest."""
-    try:
-        decoded = decode_archive(storage, ref, options, key)
-    except ArchiveRejected as rejected:
-        item = QuarantineItem(
-            level="archive",
-            code=rejected.code,
-            message=rejected.message,
-            source_url=storage.url(ref.key),
-        )
-        written = write_quarantine(storage, run_id, [item])
-        return ArchiveOutcome(ref.key, "", 0, "rejected", quarantined=written)
-
-    records = [
-        _record(
-            v,
-            pseudonym(key, "series", v.first.series_uid),
-            key,
-            ref,
-            decoded.sha256,
-            labels,
-            run_id,
-        )
-        for v in decoded.volumes
-    ]
-    series_file = ""
-    if records:
-        series_file = new_series_file(decoded.sha256)
-        write_series_file(storage, series_file, records)
-    quarantined = write_quarantine(storage, run_id, decoded.quarantined)
-    return ArchiveOutcome(
-        key=ref.key,
-        sha256=decoded.sha256,
-        bytes_read=decoded.bytes_read,
-        status="ingested",
-        series_file=series_file,
-        series=[(r.series_id, r.study_id, r.patient_id) for r in records],
-        quarantined=quarantined,
-        duplicate_files=sum(v.duplicates_dropped for v in decoded.volumes),
-    )
-
-
-def _record(
-    volume: CTVolume,
-    series_id: str,
-    key: bytes,
-    ref: ArchiveRef,
-    archive_sha256: str,
-    labels: BatchLabels | None,
-    run_id: str,
-) -> SeriesRecord:
-    first = volume.first
-    study_id = pseudonym(key, "study", first.study_uid)
-    patient_id = pseudonym(key, "patient", first.patient_id)
-    label = labels.lookup(series_id, study_id, patient_id) if labels else None
-    split = labels.split_for(patient_id) if labels else None
-    record = SeriesRecord(
-        series_id=series_id,
-        study_id=study_id,
-        patient_id=patient_id,
-        batch=ref.batch,
-        archive_sha256=archive_sha256,
-        spacing_zyx_mm=volume.spacing_zyx_mm,
-        origin_xyz_mm=volume.origin_xyz_mm,
-        orientation=volume.orientation,
-        slice_ids=[pseudonym(key, "instance", s.sop_uid) for s in volume.slices],
-        volume=volume.hu,
-        transfer_syntax=first.transfer_syntax,
-        duplicates_dropped=volume.duplicates_dropped,
-        split=split,
-        ingest_run=run_id,
-        **volume.metadata,
-    )
-    if label is not None:
-        record.label = label.label
-        record.label_level = label.level
-        record.nodule_center_xyz_mm = label.nodule_center_xyz_mm
-        record.nodule_diameter_mm = label.nodule_diameter_mm
-    return record
 
 
 def inbox_fingerprint(settings: Settings, batch: str | None = None) -> str:
@@ -167,15 +69,28 @@ def inbox_fingerprint(settings: Settings, batch: str | None = None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def settings_hash(options: IngestSettings) -> str:
+    """The ingest settings that judge an archive (limits, tolerances); the inbox aside."""
+    judged = options.model_dump(mode="json", exclude={"inbox"})
+    return hashlib.sha256(json.dumps(judged, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def ingest(
-    settings: Settings, batch: str | None = None, progress: bool | None = None
+    settings: Settings,
+    batch: str | None = None,
+    progress: bool | None = None,
+    retry_rejected: bool = False,
 ) -> IngestSummary:
-    """Ingest every new or changed archive under the inbox (or one batch of it)."""
+    """Ingest every new or changed archive under the inbox (or one batch of it).
+
+    With `retry_rejected`, archives refused before (or with refused files or series) are
+    read again; that also happens by itself when the ingest settings changed since.
+    """
     started = time.monotonic()
     storage = Storage.from_settings(settings)
     key = pseudonym_key(settings, storage)
-    run_id = new_run_id("ingest")
-    summary = IngestSummary(run_id=run_id, root=storage.root_url)
+    run = _Run(settings, storage, key, new_run_id("ingest"), progress)
+    summary = run.summary
 
     archives, label_files = discover_archives(storage, settings.ingest.inbox)
     if batch is not None:
@@ -183,34 +98,37 @@ def ingest(
         label_files = [f for f in label_files if f.path.split("/")[-2] == batch]
     summary.archives_seen = len(archives)
     ledger = Ledger.load(storage)
-    todo = [a for a in archives if _needs_work(ledger, a)]
+    judged_by = settings_hash(settings.ingest)
+    reasons = {
+        a.key: _why_read(ledger.current(a.key), a, judged_by, retry_rejected) for a in archives
+    }
+    todo = [a for a in archives if reasons[a.key]]
     summary.archives_skipped = len(archives) - len(todo)
 
     batches = sorted({a.batch for a in todo})
-    labels = _load_labels(storage, key, label_files, batches, summary, run_id)
-    jobs = [(storage, a, settings.ingest, key, labels.get(a.batch), run_id) for a in todo]
-    refs = {a.key: a for a in todo}
-    last_save = time.monotonic()
-    bar = tqdm(
-        total=len(jobs),
-        desc="ingest",
-        unit="archive",
-        disable=None if progress is None else not progress,
-    )
-    for outcome in map_unordered(ingest_archive, jobs, settings):
-        _commit(ledger, refs[outcome.key], outcome, summary, storage, run_id)
-        bar.update(1)
-        if time.monotonic() - last_save > LEDGER_SAVE_INTERVAL_S:
-            ledger.save(storage)
-            last_save = time.monotonic()
-    bar.close()
-    if jobs:
-        ledger.save(storage)
-    _check_unmatched_labels(storage, ledger, labels, label_files, summary, run_id)
+    # Labels are their own versioned table, read whenever a labels.csv changed (archives
+    # or not) and applied when a dataset is built.
+    refreshed = refresh_labels(storage, key, label_files, run.run_id)
+    summary.quarantined.extend(item.redacted() for item in refreshed.quarantined)
+    try:
+        scans = run.scan(todo, ledger, reasons, judged_by)
+        # An archive that adds slices to a series an earlier archive of its batch brought
+        # in: read that one again, and assemble the series from both.
+        earlier = _earlier_parts(scans, todo, archives, ledger)
+        scans += run.scan(
+            earlier, ledger, dict.fromkeys((a.key for a in earlier), "join"), judged_by
+        )
+        run.assemble(scans, todo + earlier, ledger, judged_by)
+    finally:
+        storage.remove(staging_folder(run.run_id))
+    ledger.save(storage)
+    changed = sorted(set(refreshed.batches) | set(batches))
+    unmatched = unmatched_labels(storage, ledger, current_labels(storage), run.run_id, changed)
+    summary.quarantined.extend(item.redacted() for item in unmatched)
     summary.seconds = round(time.monotonic() - started, 3)
     log.info(
         "ingest %s: %d archives (%d skipped, %d rejected), %d series, %d quarantined items",
-        run_id,
+        run.run_id,
         summary.archives_seen,
         summary.archives_skipped,
         summary.archives_rejected,
@@ -220,144 +138,186 @@ def ingest(
     return summary
 
 
-def _needs_work(ledger: Ledger, ref: ArchiveRef) -> bool:
-    entry = ledger.current(ref.key)
-    return entry is None or entry.version_tag != ref.version_tag
+def _earlier_parts(
+    scans: list[ArchiveScan], todo: list[ArchiveRef], archives: list[ArchiveRef], ledger: Ledger
+) -> list[ArchiveRef]:
+    """Archives outside this run, still in the inbox, that own a series of the same batch as
+    an archive of this run: the series continues there."""
+    batch_of = {a.key: a.batch for a in todo}
+    in_inbox = {a.key: a for a in archives}
+    owners = ledger.owners(excluding=set(batch_of))
+    keys = {
+        owner.archive
+        for scan in scans
+        for series_id in scan.series
+        if (owner := owners.get(series_id)) is not None
+        and owner.batch == batch_of[scan.key]
+        and owner.archive in in_inbox
+    }
+    return [in_inbox[k] for k in sorted(keys)]
 
 
-def _commit(
-    ledger: Ledger,
-    ref: ArchiveRef,
-    outcome: ArchiveOutcome,
-    summary: IngestSummary,
-    storage: Storage,
-    run_id: str,
-) -> None:
-    """Record one finished archive in the ledger (in memory; saved by the caller)."""
-    summary.bytes_read += outcome.bytes_read
-    previous = ledger.current(ref.key)
-    if previous is not None and previous.sha256 == outcome.sha256 and outcome.sha256:
-        # Touched but byte-identical: keep the old version, drop what this run wrote.
-        ledger.retag(ref.key, ref.version_tag)
-        if outcome.series_file:
-            storage.remove(outcome.series_file)
-        summary.archives_skipped += 1
-        return
-    owned, duplicates = _owned_series(ledger, ref, outcome, storage)
-    quarantined = outcome.quarantined + write_quarantine(storage, run_id, duplicates)
-    rejected = outcome.status == "rejected"
-    ledger.record(
-        LedgerEntry(
-            archive=ref.key,
-            batch=ref.batch,
-            kind=ref.kind,
-            size=ref.size,
-            version_tag=ref.version_tag,
-            sha256=outcome.sha256,
-            status="rejected" if rejected else "ingested",
-            reason_code=outcome.quarantined[0].code if rejected else "",
-            series_file=outcome.series_file,
-            series_ids=owned,
-            n_quarantined=len(quarantined),
-            run_id=run_id,
-            ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-    )
-    summary.archives_rejected += rejected
-    summary.archives_ingested += not rejected
-    summary.series_ingested += len(owned)
-    summary.duplicate_files_dropped += outcome.duplicate_files
-    for item in quarantined:
-        summary.series_quarantined += item.level == "series"
-        summary.files_quarantined += item.level == "file"
-    summary.quarantined.extend(quarantined)
+def _why_read(
+    entry: LedgerEntry | None, ref: ArchiveRef, judged_by: str, retry_rejected: bool
+) -> str:
+    """Why an archive is read in this run: "new", "changed", "retry", or "" (it is not)."""
+    if entry is None:
+        return "new"
+    if entry.version_tag != ref.version_tag:
+        return "changed"
+    refused_something = entry.status == "rejected" or entry.n_quarantined > 0
+    if refused_something and (retry_rejected or entry.settings_hash != judged_by):
+        return "retry"
+    return ""
 
 
-def _owned_series(
-    ledger: Ledger, ref: ArchiveRef, outcome: ArchiveOutcome, storage: Storage
-) -> tuple[list[str], list[QuarantineItem]]:
-    """The archive's series that no other archive owns yet, and a quarantine item for each
-    one another archive already brought in (the first copy is kept)."""
-    owners = ledger.owned_series(excluding_archive=ref.key)
-    owned, duplicates = [], []
-    for series_id, _, _ in outcome.series:
-        if series_id in owners:
-            duplicates.append(
-                QuarantineItem(
-                    level="series",
-                    code="duplicate_series",
-                    message=f"series already ingested from {owners[series_id]}; kept that copy",
-                    source_url=storage.url(ref.key),
-                    series_id=series_id,
-                )
-            )
-        else:
-            owned.append(series_id)
-    return owned, duplicates
+class _Run:
+    """One ingest run's driver state: where it writes, what it has counted."""
 
+    def __init__(
+        self, settings: Settings, storage: Storage, key: bytes, run_id: str, progress: bool | None
+    ) -> None:
+        self.settings, self.storage, self.key, self.run_id = settings, storage, key, run_id
+        self.summary = IngestSummary(run_id=run_id, root=storage.root_url)
+        self.disable_bars = None if progress is None else not progress
+        self.last_save = time.monotonic()
+        self.unsaved = False  # ledger rows committed in memory since the last save
 
-def _load_labels(
-    storage: Storage,
-    key: bytes,
-    label_files: list[ObjectInfo],
-    batches: list[str],
-    summary: IngestSummary,
-    run_id: str,
-) -> dict[str, BatchLabels]:
-    """Parse the labels.csv of each batch that has work, quarantining its format problems."""
-    out: dict[str, BatchLabels] = {}
-    for info in label_files:
-        batch = info.path.split("/")[-2]
-        if batch not in batches:
-            continue
-        try:
-            parsed = parse_labels(storage.read_text(info.path), key)
-        except UnicodeDecodeError as error:
-            problem = LabelProblem(None, "labels_unreadable", f"labels.csv is not UTF-8: {error}")
-            parsed = BatchLabels([], [problem])
-        out[batch] = parsed
-        items = [
-            QuarantineItem(
-                level="labels",
-                code=p.code,
-                message=p.message,
-                source_url=storage.url(info.path),
-                row=p.row,
-            )
-            for p in parsed.problems
+    def scan(
+        self, todo: list[ArchiveRef], ledger: Ledger, reasons: dict[str, str], judged_by: str
+    ) -> list[ArchiveScan]:
+        """Phase 1. Archives that are refused, hold no series, or turn out byte-identical to
+        the version already ingested are committed here; the rest go on to assembly."""
+        jobs = [
+            (self.storage, a, self.settings.ingest, self.key, staging_folder(self.run_id))
+            for a in todo
         ]
-        summary.quarantined.extend(write_quarantine(storage, run_id, items))
-    return out
+        refs = {a.key: a for a in todo}
+        scans: list[ArchiveScan] = []
+        bar = tqdm(total=len(jobs), desc="read", unit="archive", disable=self.disable_bars)
+        for scan in map_unordered(scan_archive, jobs, self.settings):
+            bar.update(1)
+            ref = refs[scan.key]
+            self.summary.bytes_read += scan.bytes_read
+            previous = ledger.current(ref.key)
+            if reasons[ref.key] == "changed" and previous and scan.sha256 == previous.sha256:
+                # Touched but byte-identical: keep the old version, drop what was staged.
+                ledger.retag(ref.key, ref.version_tag)
+                self.unsaved = True
+                if scan.staged:
+                    self.storage.remove(scan.staged)
+                self.summary.archives_skipped += 1
+            elif scan.rejected is not None or not scan.series:
+                self._commit(ledger, ref, scan, [], "", [], judged_by)
+            else:
+                scans.append(scan)
+            self._save_now_and_then(ledger)
+        bar.close()
+        return scans
 
+    def assemble(
+        self,
+        scans: list[ArchiveScan],
+        todo: list[ArchiveRef],
+        ledger: Ledger,
+        judged_by: str,
+    ) -> None:
+        """Phase 2: assemble each group's series and commit its archives."""
+        refs = {a.key: a for a in todo}
+        sources = {k: self.storage.url(k) for k in refs}
+        owners = {
+            series_id: entry.archive_id or "an earlier archive"
+            for series_id, entry in ledger.owners(excluding=set(refs)).items()
+        }
+        # Outside the ledger a batch is named by its pseudonym: folder names can name patients.
+        batch_of = {k: batch_pseudonym(self.key, ref.batch) for k, ref in refs.items()}
+        groups, duplicates = group_scans(scans, batch_of, owners, sources)
+        jobs = [
+            (
+                self.storage,
+                group,
+                self.settings.ingest,
+                sources[group.primary.key],
+                self.run_id,
+            )
+            for group in groups
+        ]
+        by_primary: dict[str, SeriesGroup] = {g.primary.key: g for g in groups}
+        total = sum(len(g.series) for g in groups)
+        bar = tqdm(total=total, desc="assemble", unit="series", disable=self.disable_bars)
+        for outcome in map_unordered(assemble_group, jobs, self.settings):
+            bar.update(len(by_primary[outcome.keys[0]].series))
+            group = by_primary[outcome.keys[0]]
+            self._commit_group(ledger, refs, group, outcome, duplicates, judged_by)
+            self._save_now_and_then(ledger)
+        bar.close()
 
-def _check_unmatched_labels(
-    storage: Storage,
-    ledger: Ledger,
-    labels: dict[str, BatchLabels],
-    label_files: list[ObjectInfo],
-    summary: IngestSummary,
-    run_id: str,
-) -> None:
-    """Report label rows of the batches ingested now that name no series of their batch."""
-    if not labels:
-        return
-    index = read_series_index(storage, ledger).select(
-        ["batch", "series_id", "study_id", "patient_id"]
-    )
-    known: dict[str, set[str]] = defaultdict(set)
-    for row in index.to_pylist():
-        known[row["batch"]].update((row["series_id"], row["study_id"], row["patient_id"]))
-    sources = {info.path.split("/")[-2]: storage.url(info.path) for info in label_files}
-    items = [
-        QuarantineItem(
-            level="labels",
-            code="labels_unmatched",
-            message=f"row names a {label.level} that no ingested series of batch {batch!r} has",
-            source_url=sources[batch],
-            row=label.row,
+    def _commit_group(
+        self,
+        ledger: Ledger,
+        refs: dict[str, ArchiveRef],
+        group: SeriesGroup,
+        outcome: GroupOutcome,
+        duplicates: dict[str, list[QuarantineItem]],
+        judged_by: str,
+    ) -> None:
+        stored = [series_id for series_id, _, _ in outcome.stored]
+        self.summary.series_ingested += len(stored)
+        self.summary.duplicate_files_dropped += outcome.duplicate_files
+        for index, scan in enumerate(group.archives):
+            primary = index == 0
+            items = duplicates.get(scan.key, []) + (outcome.quarantined if primary else [])
+            # The primary owns the whole series file; the others the series they add to.
+            owned = stored if primary else [s for s in stored if s in scan.series]
+            series_file = outcome.series_file if primary else ""
+            self._commit(ledger, refs[scan.key], scan, owned, series_file, items, judged_by)
+
+    def _commit(
+        self,
+        ledger: Ledger,
+        ref: ArchiveRef,
+        scan: ArchiveScan,
+        owned: list[str],
+        series_file: str,
+        items: Iterable[QuarantineItem],
+        judged_by: str,
+    ) -> None:
+        """Record one archive in the ledger (in memory; saved now and then) and quarantine
+        what it refused."""
+        rejected = scan.rejected is not None
+        refused = [scan.rejected] if scan.rejected else [*scan.quarantined, *items]
+        written = write_quarantine(self.storage, self.run_id, refused)
+        ledger.record(
+            LedgerEntry(
+                archive=ref.key,
+                batch=ref.batch,
+                kind=ref.kind,
+                size=ref.size,
+                version_tag=ref.version_tag,
+                sha256=scan.sha256,
+                status="rejected" if rejected else "ingested",
+                reason_code=scan.rejected.code if scan.rejected else "",
+                series_file=series_file,
+                series_ids=owned,
+                n_quarantined=len(written),
+                n_skipped=sum(scan.skipped.values()),
+                archive_id=scan.archive_id,
+                settings_hash=judged_by,
+                run_id=self.run_id,
+                ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
         )
-        for batch, parsed in labels.items()
-        for label in parsed.labels
-        if label.key not in known[batch]
-    ]
-    summary.quarantined.extend(write_quarantine(storage, run_id, items))
+        self.unsaved = True
+        summary = self.summary
+        summary.archives_rejected += rejected
+        summary.archives_ingested += not rejected
+        summary.skipped = dict(Counter(summary.skipped) + Counter(scan.skipped))
+        for item in written:
+            summary.series_quarantined += item.level == "series"
+            summary.files_quarantined += item.level == "file"
+        summary.quarantined.extend(item.redacted() for item in written)
+
+    def _save_now_and_then(self, ledger: Ledger) -> None:
+        if self.unsaved and time.monotonic() - self.last_save > LEDGER_SAVE_INTERVAL_S:
+            ledger.save(self.storage)
+            self.last_save, self.unsaved = time.monotonic(), False

@@ -35,7 +35,7 @@ SERIES_SCHEMA = pa.schema(
         ("study_id", pa.string()),
         ("patient_id", pa.string()),
         ("batch", pa.string()),
-        ("archive_sha256", pa.string()),
+        ("archive_id", pa.string()),
         ("modality", pa.string()),
         ("sop_class_uid", pa.string()),
         ("manufacturer", pa.string()),
@@ -68,8 +68,19 @@ SERIES_SCHEMA = pa.schema(
     ]
 )
 METADATA_COLUMNS = [name for name in SERIES_SCHEMA.names if name != VOLUME_COLUMN]
-# Columns the first series files lack: they read as null (`split`: the keyed hash decides).
-OPTIONAL_COLUMNS = frozenset({"split"})
+_METADATA_SCHEMA = pa.schema([SERIES_SCHEMA.field(name) for name in METADATA_COLUMNS])
+# No dictionary and no min/max statistics for the volume: for one value of hundreds of MB,
+# each would hold another copy of it while the row group is written.
+_WRITE_OPTIONS = {
+    "compression": "zstd",
+    "use_dictionary": METADATA_COLUMNS,
+    "write_statistics": METADATA_COLUMNS,
+}
+# Columns the first series files lack: they read as null (`split`: the keyed hash decides;
+# `archive_id`: those files named their archive by its SHA-256, which joins the ledger row
+# that holds the inbox path, so that column is dropped on reading and never passed on).
+OPTIONAL_COLUMNS = frozenset({"split", "archive_id"})
+DROPPED_COLUMNS = frozenset({"archive_sha256"})
 
 
 @dataclass
@@ -83,7 +94,9 @@ class SeriesRecord:
     study_id: str
     patient_id: str
     batch: str
-    archive_sha256: str  # joins the ledger; paths stay out (folder names can identify)
+    # pseudonym(key, "archive", sha256): the operator (who has the key) can join the ledger;
+    # nobody else can. Paths stay out (folder names can identify). None in pre-0.2 files.
+    archive_id: str | None
     spacing_zyx_mm: tuple[float, float, float]
     origin_xyz_mm: tuple[float, float, float]
     orientation: tuple[float, ...]
@@ -111,16 +124,28 @@ class SeriesRecord:
     ingest_run: str = ""
 
     def to_row(self) -> dict[str, object]:
-        # Not dataclasses.asdict: it would deep-copy the volume.
-        row = {f.name: getattr(self, f.name) for f in fields(self)}
-        volume = np.ascontiguousarray(self.volume, dtype="<i2")
-        row.update(
-            rows=volume.shape[1],
-            columns=volume.shape[2],
-            n_slices=volume.shape[0],
-            shape=list(volume.shape),
-            volume=volume.tobytes(),
+        """The record as a row of Python values (the volume as bytes: a copy)."""
+        return {**self._metadata_row(), VOLUME_COLUMN: self._volume().tobytes()}
+
+    def to_table(self) -> pa.Table:
+        """The record as a one-row table whose volume shares the array's memory: a series
+        is written without copying its voxels (they can be hundreds of MB)."""
+        volume = self._volume()
+        metadata = pa.Table.from_pylist([self._metadata_row()], schema=_METADATA_SCHEMA)
+        offsets = pa.py_buffer(np.array([0, volume.nbytes], dtype=np.int64))
+        column = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), 1, [None, offsets, pa.py_buffer(volume)]
         )
+        return metadata.append_column(SERIES_SCHEMA.field(VOLUME_COLUMN), column)
+
+    def _volume(self) -> np.ndarray:
+        return np.ascontiguousarray(self.volume, dtype="<i2")
+
+    def _metadata_row(self) -> dict[str, object]:
+        # Not dataclasses.asdict: it would deep-copy the volume.
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != VOLUME_COLUMN}
+        n_slices, rows, columns = self.volume.shape
+        row.update(rows=rows, columns=columns, n_slices=n_slices, shape=[n_slices, rows, columns])
         return row
 
     @classmethod
@@ -129,6 +154,8 @@ class SeriesRecord:
         row's bytes (no copy); fields an older file has no column for keep their defaults."""
         stored: Mapping[str, Any] = row  # Arrow's Python values, typed by SERIES_SCHEMA
         values = {f.name: stored[f.name] for f in fields(cls) if f.name in stored}
+        for name in OPTIONAL_COLUMNS:
+            values.setdefault(name, None)
         for name in ("spacing_zyx_mm", "origin_xyz_mm", "orientation"):
             values[name] = tuple(values[name])
         if values.get("nodule_center_xyz_mm") is not None:
@@ -140,9 +167,13 @@ class SeriesRecord:
         return cls(**values)
 
 
-def new_series_file(archive_sha256: str) -> str:
-    """A unique name: a rerun after a crash never overwrites what a ledger row may name."""
-    return f"{SERIES_DIR}/{archive_sha256[:16]}-{uuid.uuid4().hex[:8]}.parquet"
+def new_series_file(archive_id: str) -> str:
+    """A unique name: a rerun after a crash never overwrites what a ledger row may name.
+
+    Named by the archive's keyed pseudonym: a SHA-256 in a file name joins back to the
+    ledger's inbox path for anyone who can list the folder.
+    """
+    return f"{SERIES_DIR}/{archive_id}-{uuid.uuid4().hex[:8]}.parquet"
 
 
 def write_series_file(storage: Storage, rel: str, records: Iterable[SeriesRecord]) -> list[str]:
@@ -150,19 +181,33 @@ def write_series_file(storage: Storage, rel: str, records: Iterable[SeriesRecord
     ids: list[str] = []
     with (
         storage.open(rel, "wb") as sink,
-        pq.ParquetWriter(sink, SERIES_SCHEMA, compression="zstd") as writer,
+        pq.ParquetWriter(sink, SERIES_SCHEMA, **_WRITE_OPTIONS) as writer,
     ):
-        for record in records:
-            writer.write_table(pa.Table.from_pylist([record.to_row()], schema=SERIES_SCHEMA))
+        iterator = iter(records)
+        while (record := next(iterator, None)) is not None:
+            writer.write_table(record.to_table())
             ids.append(record.series_id)
+            record = None  # not held while the next series is assembled
     return ids
 
 
 def _open_series_file(f: IO[bytes], source: str) -> pq.ParquetFile:
     """A series file, its columns checked (`source` names it in the error)."""
     parquet = pq.ParquetFile(f)
-    check_columns(parquet.schema_arrow, SERIES_SCHEMA, source, "series file", OPTIONAL_COLUMNS)
+    check_columns(
+        parquet.schema_arrow,
+        SERIES_SCHEMA,
+        source,
+        "series file",
+        OPTIONAL_COLUMNS,
+        DROPPED_COLUMNS,
+    )
     return parquet
+
+
+def _known_columns(parquet: pq.ParquetFile) -> list[str]:
+    """The columns of a series file this lungcls reads (obsolete ones are never read)."""
+    return [name for name in SERIES_SCHEMA.names if name in parquet.schema_arrow.names]
 
 
 def _records(table: pa.Table, wanted: Container[str]) -> Iterator[SeriesRecord]:
@@ -184,7 +229,7 @@ def read_series_index(storage: Storage, ledger: Ledger | None = None) -> pa.Tabl
             parquet = _open_series_file(f, storage.url(rel))
             present = [c for c in METADATA_COLUMNS if c in parquet.schema_arrow.names]
             table = _with_all_columns(parquet.read(columns=present))
-        tables.append(table.filter(pc.is_in(table["series_id"], pa.array(ids))))
+        tables.append(table.filter(pc.is_in(table["series_id"], pa.array(ids, pa.string()))))
     if not tables:
         return SERIES_SCHEMA.empty_table().select(METADATA_COLUMNS)
     return pa.concat_tables(tables)
@@ -213,7 +258,8 @@ def iter_series(
         with storage.open(rel, "rb") as f:
             parquet = _open_series_file(f, storage.url(rel))
             for group in range(parquet.num_row_groups):
-                yield from _records(parquet.read_row_group(group), current)
+                table = parquet.read_row_group(group, columns=_known_columns(parquet))
+                yield from _records(table, current)
 
 
 def load_series(storage: Storage, rel: str, series_id: str) -> SeriesRecord:
@@ -228,5 +274,6 @@ def load_series(storage: Storage, rel: str, series_id: str) -> SeriesRecord:
         while row >= parquet.metadata.row_group(group).num_rows:
             row -= parquet.metadata.row_group(group).num_rows
             group += 1
-        (record,) = _records(parquet.read_row_group(group), {series_id})
+        table = parquet.read_row_group(group, columns=_known_columns(parquet))
+        (record,) = _records(table, {series_id})
         return record

@@ -29,8 +29,12 @@ class IngestSummary(Record):
     series_quarantined: int = 0
     files_quarantined: int = 0
     duplicate_files_dropped: int = 0
+    # Files that are fine but not axial CT (localizers, dose reports, …), by skip code.
+    skipped: dict[str, int] = Field(default_factory=dict)
     bytes_read: int = 0
     seconds: float = 0.0
+    # Redacted copies (no inbox paths): this record travels to Prefect. The operator's
+    # full records are under `quarantine_dir`.
     quarantined: list[QuarantineItem] = Field(default_factory=list)
     cached: bool = False  # True: a later run found this one's result; it did nothing
 
@@ -60,20 +64,28 @@ class IngestSummary(Record):
                 "archives_skipped": self.archives_seen,
                 "seconds": 0.0,
                 "quarantined": [],
+                "skipped": {},
                 "cached": True,
             }
         )
 
-    def summary_lines(self) -> list[str]:
-        """What `lungcls ingest` prints."""
-        return [
+    def headline(self) -> list[str]:
+        """The counts: what `lungcls ingest` prints before the refused items."""
+        lines = [
             f"{self.run_id}: {self.archives_seen} archives seen, "
             f"{self.archives_ingested} ingested, {self.archives_skipped} skipped, "
             f"{self.archives_rejected} rejected; {self.series_ingested} series ingested, "
             f"{self.series_quarantined} series and {self.files_quarantined} files quarantined "
-            f"({self.seconds:.1f} s)",
-            *(item.line() for item in self.quarantined),
+            f"({self.seconds:.1f} s)"
         ]
+        if self.skipped:
+            counts = ", ".join(f"{n} {code}" for code, n in sorted(self.skipped.items()))
+            lines.append(f"  skipped files (fine, but not axial CT images): {counts}")
+        return lines
+
+    def summary_lines(self) -> list[str]:
+        """The counts and each refused item (redacted: no inbox paths)."""
+        return [*self.headline(), *(item.line() for item in self.quarantined)]
 
     def markdown(self, series_url: str, ledger_url: str) -> str:
         """The ingest-summary artifact."""
@@ -91,8 +103,15 @@ class IngestSummary(Record):
                 "",
                 f"Series store: `{series_url}`; ledger: `{ledger_url}`; "
                 f"{self.bytes_read / 1e6:.1f} MB read in {self.seconds:.1f} s.",
+                *self._skipped_markdown(),
             ]
         )
+
+    def _skipped_markdown(self) -> list[str]:
+        if not self.skipped:
+            return []
+        counts = ", ".join(f"{n} `{code}`" for code, n in sorted(self.skipped.items()))
+        return ["", f"Skipped files (fine, but not axial CT images; not errors): {counts}."]
 
     def quarantine_table(self, records_url: str) -> list[dict[str, str]]:
         """The ingest-quarantine artifact: one row per item, pointing at its records."""

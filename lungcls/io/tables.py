@@ -9,7 +9,9 @@ do not match and what to do, instead of a `TypeError` from deep inside a constru
         check_columns(parquet.schema_arrow, SHARD_SCHEMA, storage.url(rel), "dataset shard")
 
 Columns an older lungcls did not write yet are listed as `optional` by the reader, which
-then fills them (a series file from before `split` reads with `split` null).
+then fills them (a series file from before `split` reads with `split` null). Columns an
+older lungcls wrote and this one no longer reads are listed as `dropped`: accepted, and left
+for the reader to drop (`archive_sha256`, replaced by the keyed `archive_id`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def check_columns(
     source: str,
     kind: str,
     optional: Collection[str] = (),
+    dropped: Collection[str] = (),
 ) -> None:
     """Refuse a table whose columns are not `expected`'s (less any `optional` ones).
 
@@ -36,8 +39,9 @@ def check_columns(
         source: the file's URL, named in the error.
         kind: what the file is, for people ("ledger", "dataset shard").
         optional: columns older files may lack, which the reader fills itself.
+        dropped: obsolete columns older files may hold, which the reader drops itself.
     """
-    unknown = [name for name in found.names if name not in expected.names]
+    unknown = [n for n in found.names if n not in expected.names and n not in dropped]
     missing = [n for n in expected.names if n not in found.names and n not in optional]
     if not unknown and not missing:
         return

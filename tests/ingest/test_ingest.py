@@ -15,6 +15,7 @@ import pytest
 
 from lungcls.config import Settings
 from lungcls.ingest.deid import pseudonym
+from lungcls.ingest.label_table import current_labels
 from lungcls.ingest.ledger import LEDGER_PATH, Ledger
 from lungcls.ingest.run import ingest
 from lungcls.ingest.series_store import iter_series, read_series_index
@@ -41,20 +42,23 @@ def _tree_digest(storage: Storage, prefix: str) -> dict[str, str]:
 def test_series_store_matches_ground_truth(settings: Settings, batch: list[SynthScan]) -> None:
     summary = ingest(settings, progress=False)
     assert (summary.series_ingested, summary.quarantined) == (len(batch), [])
-    stored = {s.series_id: s for s in iter_series(Storage.from_settings(settings))}
+    storage = Storage.from_settings(settings)
+    stored = {s.series_id: s for s in iter_series(storage)}
+    labels = current_labels(storage)  # labels are their own table, applied at dataset build
     assert len(stored) == len(batch)
     for scan in batch:
         series = stored[pseudonym(KEY, "series", scan.scan.series_uid)]
         assert series.patient_id == pseudonym(KEY, "patient", scan.patient.patient_id)
-        assert series.label == scan.label
+        label = labels.lookup(series.batch, series.series_id, series.study_id, series.patient_id)
+        assert label is not None and label.label == scan.label
         assert series.volume.shape[0] == SMALL.slices
         assert series.spacing_zyx_mm == (5.0, 7.0, 7.0)
         assert series.manufacturer == scan.scanner[0]
         assert series.slice_ids == [pseudonym(KEY, "instance", u) for u in scan.sop_uids]
         if scan.nodule is None:
-            assert series.nodule_center_xyz_mm is None
+            assert label.nodule_center_xyz_mm is None
         else:
-            assert np.allclose(series.nodule_center_xyz_mm, scan.nodule.center_xyz_mm, atol=0.01)
+            assert np.allclose(label.nodule_center_xyz_mm, scan.nodule.center_xyz_mm, atol=0.01)
         # the stored HU are the rendered phantom, through 12-bit storage and back
         rng = np.random.default_rng([SMALL.seed, 1, scan.index])
         nodules = [scan.nodule] if scan.nodule else []

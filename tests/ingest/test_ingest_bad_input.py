@@ -12,6 +12,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000MCLossless
 
 from lungcls.config import Settings
+from lungcls.ingest.label_table import current_labels
 from lungcls.ingest.ledger import Ledger
 from lungcls.ingest.run import ingest
 from lungcls.ingest.series_store import read_series_index
@@ -42,7 +43,7 @@ def build_bad_corpus(storage: Storage) -> dict[str, str]:
     del lone[0].PixelData
     del lone[1].ImagePositionPatient
     del lone[2].RescaleSlope
-    lone[3].Modality, lone[3].SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
+    lone[3].Modality, lone[3].SOPClassUID = "CT", "1.2.840.10008.5.1.4.1.1.4"  # contradicts
     lone[4].file_meta.TransferSyntaxUID = JPEG2000MCLossless
     lone[4].PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
     members += _files(lone[:5], "lone")
@@ -55,7 +56,7 @@ def build_bad_corpus(storage: Storage) -> dict[str, str]:
     spacing = small_ct_series(6)
     spacing[1].PixelSpacing = [0.9, 0.9]
     orientation = small_ct_series(7)
-    orientation[2].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    orientation[2].ImageOrientationPatient = [1, 0, 0, 0, 0.9, -0.436]  # tilted, still axial
     members += _files(spacing, "spacing") + _files(orientation, "orientation")
     members.append(("../../../etc/cron.d/escape.dcm", dicom_bytes(small_ct_series(8)[0])))
 
@@ -90,7 +91,7 @@ EXPECTED = {
     ("file", "not_ct"),
     ("file", "no_decoder"),
     ("file", "unsafe_path"),
-    ("series", "slice_gap"),
+    ("series", "incomplete_series"),  # gap/002.dcm is truncated: never stored short
     ("series", "conflicting_duplicate_sop"),
     ("series", "inconsistent_spacing"),
     ("series", "inconsistent_orientation"),
@@ -128,8 +129,9 @@ def test_every_bad_input_is_quarantined_with_its_code(bad_settings: Settings) ->
     # the records on storage say the same, with pointers to the originals
     records = read_quarantine(storage, summary.run_id)
     assert {(r.level, r.code) for r in records} == EXPECTED
-    assert sorted(records, key=lambda r: r.item_id) == sorted(
-        summary.quarantined, key=lambda r: r.item_id
+    # the summary travels to Prefect: the same items without inbox paths
+    assert sorted(r.redacted().to_json() for r in records) == sorted(
+        r.to_json() for r in summary.quarantined
     )
     for record in records:
         assert record.source_url.startswith(storage.url("inbox/bad"))
@@ -140,8 +142,11 @@ def test_every_bad_input_is_quarantined_with_its_code(bad_settings: Settings) ->
     assert unmatched.row == 3 and b"2.25.999999999" not in unmatched.to_json()
 
     index = read_series_index(storage).to_pylist()
-    assert sorted(r["label"] for r in index) == [0, 1]
-    assert sorted(r["label_level"] for r in index) == ["patient", "series"]
+    labels = current_labels(storage)
+    found = [
+        labels.lookup(r["batch"], r["series_id"], r["study_id"], r["patient_id"]) for r in index
+    ]
+    assert sorted((x.label, x.level) for x in found if x) == [(0, "patient"), (1, "series")]
     rejected = {e.archive.rsplit("/", 1)[-1]: e.reason_code for e in Ledger.load(storage).entries}
     assert rejected == {
         "bomb.zip": "archive_bomb",
@@ -159,3 +164,40 @@ def test_rejected_archives_are_not_retried(bad_settings: Settings, tmp_path: Pat
     ingest(bad_settings, progress=False)
     again = ingest(bad_settings, progress=False)
     assert (again.archives_skipped, again.bytes_read, again.quarantined) == (6, 0, [])
+
+
+def test_rejections_are_read_again_on_request_or_when_the_settings_change(
+    bad_settings: Settings,
+) -> None:
+    storage = Storage.from_settings(bad_settings)
+    build_bad_corpus(storage)
+    first = ingest(bad_settings, progress=False)
+
+    # --retry-rejected: the refused archives and the one with refused files are read again
+    # (same verdicts, new ledger rows); good.tar.gz, which refused nothing, is not.
+    retried = ingest(bad_settings, progress=False, retry_rejected=True)
+    assert (retried.archives_skipped, retried.archives_rejected) == (1, 4)
+    assert retried.archives_ingested == 1 and retried.series_ingested == 1
+    current = {
+        e.archive.rsplit("/", 1)[-1]: e
+        for e in Ledger.load(storage).entries
+        if e.status != "superseded"
+    }
+    assert current["good.tar.gz"].run_id == first.run_id
+    assert current["flood.zip"].run_id == retried.run_id
+    assert current["flood.zip"].reason_code == "too_many_members"
+
+    # A limit raised in the settings: what it refused is judged again without being asked.
+    limits = bad_settings.ingest.limits.model_copy(update={"max_members": 100})
+    relaxed = bad_settings.model_copy(
+        update={"ingest": bad_settings.ingest.model_copy(update={"limits": limits})}
+    )
+    judged_again = ingest(relaxed, progress=False)
+    assert judged_again.archives_skipped == 1
+    flood = next(
+        e
+        for e in Ledger.load(storage).entries
+        if e.archive.endswith("flood.zip") and e.status != "superseded"
+    )
+    assert (flood.status, flood.n_quarantined) == ("ingested", 60)  # 60 files, none DICOM
+    assert ingest(relaxed, progress=False).archives_skipped == 6  # and then it is done

@@ -11,14 +11,17 @@ ITEMS = [
         code="corrupt_archive",
         message="not a zip file",
         source_url="file:///root/inbox/b/junk.zip",
-    ),
+        archive_id="archive-1234",
+    ).redacted(),
     QuarantineItem(
         level="labels",
         code="labels_unmatched",
         message="row names a series that no ingested series of batch 'b' has",
         source_url="file:///root/inbox/b/labels.csv",
         row=3,
-    ).stamped("ingest-1"),
+    )
+    .stamped("ingest-1")
+    .redacted(),
 ]
 
 
@@ -42,15 +45,31 @@ def test_lines_markdown_and_table_render_the_same_counts() -> None:
     first, *items = summary.summary_lines()
     assert first.startswith("ingest-1: 4 archives seen, 2 ingested, 1 skipped, 1 rejected;")
     assert items == [
-        "  quarantined archive : corrupt_archive: not a zip file",
-        "  quarantined labels 3: labels_unmatched: row names a series that no ingested series "
-        "of batch 'b' has",
+        "  quarantined archive archive-1234: corrupt_archive: not a zip file",
+        "  quarantined labels row 3: labels_unmatched: row names a series that no ingested "
+        "series of batch 'b' has",
     ]
+    assert all("inbox" not in line for line in summary.summary_lines())
     markdown = summary.markdown("file:///root/series", "file:///root/ledger")
     assert "| 4 | 2 | 1 | 1 | 3 | 2 |" in markdown and "2.0 MB read in 1.2 s" in markdown
     table = summary.quarantine_table("file:///root/quarantine/ingest-1")
     assert [row["code"] for row in table] == ["corrupt_archive", "labels_unmatched"]
     assert all("inbox" not in value for row in table for value in row.values())
+
+
+def test_the_operator_line_names_the_source() -> None:
+    item = QuarantineItem(
+        level="file",
+        code="not_dicom",
+        message="not a DICOM file",
+        source_url="file:///root/inbox/b/a.zip",
+        member="x/notes.txt",
+    )
+    assert (
+        item.line() == "  quarantined file file:///root/inbox/b/a.zip x/notes.txt: not_dicom: "
+        "not a DICOM file"
+    )
+    assert item.redacted().line() == "  quarantined file : not_dicom: not a DICOM file"
 
 
 def test_a_cached_summary_says_nothing_was_done() -> None:
