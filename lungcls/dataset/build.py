@@ -11,6 +11,11 @@ and rerun produces the same manifest as a clean build.
 Incremental: the new version reuses every shard of the previous one whose samples are all
 still current, and preprocesses only the rest. No new data (same inputs fingerprint) means
 no new version.
+
+Labels come from the labels table (`lungcls.ingest.label_table`), refreshed from the inbox
+first: a labels.csv delivered or corrected since the last build makes a new version even
+when no archive changed, and its manifest lists the series whose label changed
+(`lungcls.dataset.labelling`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ import pandas as pd
 
 from lungcls.config import Settings
 from lungcls.dataset.contracts import Contract, ContractResult, load_contract, validate
+from lungcls.dataset.labelling import (
+    LabelComparison,
+    apply_labels,
+    compare_with_parent,
+    write_version_labels,
+)
 from lungcls.dataset.manifest import (
     BUILD_RECORD,
     BuildRecord,
@@ -54,7 +65,15 @@ from lungcls.dataset.validation import (
     series_frame,
     shard_stats,
 )
+from lungcls.ingest.archive import discover_archives
 from lungcls.ingest.deid import pseudonym_key
+from lungcls.ingest.label_table import (
+    batch_pseudonym,
+    current_labels,
+    labels_fingerprint,
+    refresh_labels,
+    unmatched_labels,
+)
 from lungcls.ingest.ledger import Ledger
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.records import Part
@@ -66,17 +85,21 @@ SPLIT_METHOD = "HMAC-SHA256 of the patient pseudonym, unless labels.csv assigns 
 
 def dataset_fingerprint(settings: Settings) -> str:
     """The inputs fingerprint the next build would have (see `_fingerprint`); cheap: it reads
-    the ledger and the contracts, never a series."""
+    the ledger, the labels history and the contracts, never a series. Labels as last
+    refreshed (by ingest, which reads every changed labels.csv, or by a build)."""
     storage = Storage.from_settings(settings)
-    return _fingerprint(Ledger.load(storage), settings, list(_Contracts.load(settings)))
+    labels = labels_fingerprint(storage, settings.dataset.batches)
+    return _fingerprint(Ledger.load(storage), settings, list(_Contracts.load(settings)), labels)
 
 
-def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract]) -> str:
+def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract], labels: str) -> str:
     """Everything a version is a function of; equal fingerprints mean nothing to build.
 
     A series is a function of its archive's bytes, so the ledger's (archive SHA-256, series)
     pairs stand for its metadata and pixels without reading them: the no-new-data check
-    stays cheap, and two roots holding the same archives agree.
+    stays cheap, and two roots holding the same archives agree. `labels` stands for the
+    current labels tables by content (`labels_fingerprint`); it is left out while there are
+    none, so a root ingested before them keeps its fingerprint.
     """
     batches = settings.dataset.batches
     sources = sorted(
@@ -92,6 +115,8 @@ def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract]) 
         "contracts": [c.sha256 for c in contracts],
         "contract_parameters": settings.contracts.model_dump(mode="json"),
     }
+    if labels:
+        payload["labels"] = labels
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,25 +165,41 @@ def build_dataset(
     name = name or settings.dataset.name
     storage = Storage.from_settings(settings)
     key = pseudonym_key(settings, storage)
+    run_id = new_run_id("dataset")
     ledger = Ledger.load(storage)
+    # Copies for the summary: without the labels.csv's inbox path (the records keep it).
+    labels_quarantined = [
+        item.redacted() for item in _refresh_labels(settings, storage, key, ledger, run_id)
+    ]
     contracts = _Contracts.load(settings)
-    fingerprint = _fingerprint(ledger, settings, list(contracts))
+    labels = labels_fingerprint(storage, settings.dataset.batches)
+    fingerprint = _fingerprint(ledger, settings, list(contracts), labels)
     versions = list_versions(storage, name)
     parent = load_manifest(storage, name, versions[-1]) if versions else None
     if parent is not None and parent.inputs_fingerprint == fingerprint:
-        return BuildSummary.up_to_date(parent, time.monotonic() - started)
-    frame = series_frame(storage, ledger)
+        summary = BuildSummary.up_to_date(parent, time.monotonic() - started)
+        summary.quarantined = labels_quarantined
+        return summary
+    stamped = series_frame(storage, ledger)
     if settings.dataset.batches is not None:
-        frame = frame[frame["batch"].isin(settings.dataset.batches)]
-    if frame.empty:
+        # Series name their batch by its pseudonym (those ingested by lungcls 0.1 by name).
+        names = settings.dataset.batches
+        stamped = stamped[
+            stamped["batch"].isin([*names, *(batch_pseudonym(key, n) for n in names)])
+        ]
+    if stamped.empty:
         where = f" of batches {settings.dataset.batches}" if settings.dataset.batches else ""
         raise DatasetError(f"the series store holds no series{where}: run `lungcls ingest` first")
+    frame = apply_labels(stamped, current_labels(storage))
 
     ref = DatasetRef(name=name, version=(versions[-1] if versions else 0) + 1)
     storage.remove(ref.folder)  # leftovers of a build killed before its manifest: never trusted
     files = {sid: rel for rel, ids in ledger.series_files().items() for sid in ids}
-    build = _Build(settings, storage, ref, new_run_id("dataset"), files, contracts, key)
-    summary, manifest, record = _build_version(build, frame, parent, fingerprint, progress)
+    build = _Build(settings, storage, ref, run_id, files, contracts, key)
+    changes = compare_with_parent(storage, parent, stamped, frame)
+    summary, manifest, record = _build_version(build, frame, parent, changes, fingerprint, progress)
+    summary.quarantined = labels_quarantined + summary.quarantined
+    write_version_labels(storage, ref.folder, frame)
     record.save(storage, f"{ref.folder}/{BUILD_RECORD}")
     if not manifest.save(storage, ref.manifest_path, exclusive=True):
         raise DatasetError(f"{ref.manifest_path} was written by another build meanwhile")
@@ -166,10 +207,24 @@ def build_dataset(
     return summary
 
 
+def _refresh_labels(
+    settings: Settings, storage: Storage, key: bytes, ledger: Ledger, run_id: str
+) -> list[QuarantineItem]:
+    """Read every labels.csv of the inbox that changed since it was last read (as ingest
+    does), so that labels corrected without any ingest count; returns what was quarantined."""
+    _, label_files = discover_archives(storage, settings.ingest.inbox)
+    refresh = refresh_labels(storage, key, label_files, run_id)
+    if not refresh.batches:
+        return refresh.quarantined
+    unmatched = unmatched_labels(storage, ledger, current_labels(storage), run_id, refresh.batches)
+    return refresh.quarantined + unmatched
+
+
 def _build_version(
     build: _Build,
     frame: pd.DataFrame,
     parent: Manifest | None,
+    changes: LabelComparison,
     fingerprint: str,
     progress: bool | None,
 ) -> tuple[BuildSummary, Manifest, BuildRecord]:
@@ -181,7 +236,7 @@ def _build_version(
     accepted = frame[~frame["series_id"].isin(series_result.row_failures)]
     labelled = _split_patients(accepted[accepted["label"].notna()].copy(), settings, build.key)
 
-    samples = _make_samples(build, labelled, parent, progress)
+    samples = _make_samples(build, labelled, parent, changes.remake, progress)
     written = write_quarantine(storage, build.run_id, items + samples.refused)  # before the check
     required = _required_labels(samples.stats, settings)
     tensor_result = build.validate(
@@ -196,7 +251,7 @@ def _build_version(
         tensor_contract=len(samples.refused),
     )
     results = (series_result, tensor_result)
-    manifest = _manifest(build, parent, fingerprint, labelled, samples, excluded, results)
+    manifest = _manifest(build, parent, fingerprint, labelled, samples, excluded, results, changes)
     record = BuildRecord(
         run_id=build.run_id,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -212,6 +267,7 @@ def _build_version(
         manifest_path=build.ref.manifest_path,
         preprocessed=samples.preprocessed,
         reused_shards=samples.reused_shards,
+        label_changes=len(manifest.label_changes),
         quarantined=written,
         counts=manifest.counts,
     )
@@ -230,11 +286,16 @@ class _Samples:
 
 
 def _make_samples(
-    build: _Build, labelled: pd.DataFrame, parent: Manifest | None, progress: bool | None
+    build: _Build,
+    labelled: pd.DataFrame,
+    parent: Manifest | None,
+    remake: set[str],
+    progress: bool | None,
 ) -> _Samples:
-    """Reuse the parent's still-current shards, preprocess and shard the rest."""
+    """Reuse the parent's still-current shards (none holding a series in `remake`, whose
+    labels changed), preprocess and shard the rest."""
     preprocess_hash = config_hash(build.settings.preprocess)
-    reused, reused_ids = reusable_shards(build.storage, parent, labelled, preprocess_hash)
+    reused, reused_ids = reusable_shards(build.storage, parent, labelled, preprocess_hash, remake)
     todo = labelled[~labelled["series_id"].isin(reused_ids)]
     new_shards, refused, stats = preprocess_and_shard(
         build.storage,
@@ -294,6 +355,7 @@ def _manifest(
     samples: _Samples,
     excluded: ExcludedCounts,
     results: tuple[ContractResult, ContractResult],
+    changes: LabelComparison,
 ) -> Manifest:
     settings = build.settings
     assigned = labelled.loc[labelled["split_assigned"], "patient_id"].nunique()
@@ -319,4 +381,5 @@ def _manifest(
         samples=len(samples.stats),
         excluded=excluded,
         shards=sorted(samples.shards, key=lambda s: (s.split, s.path)),
+        label_changes=changes.changes,
     )

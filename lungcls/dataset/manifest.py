@@ -14,9 +14,10 @@ settings, where the validation results are).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, ClassVar
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from lungcls.config import PreprocessSettings
 from lungcls.errors import LungclsError
@@ -127,6 +128,32 @@ class ExcludedCounts(Part):
         return ", ".join(f"{k} {v}" for k, v in self.model_dump().items())
 
 
+class LabelChange(Part):
+    """A series whose label differs from the parent version's (both versions hold it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series_id: str
+    before: int | None  # None: unlabelled in the parent (a label gained)
+    after: int | None  # None: unlabelled now (a label lost)
+
+    @property
+    def kind(self) -> str:
+        if self.before is None:
+            return "gained"
+        return "lost" if self.after is None else "changed"
+
+    def line(self) -> str:
+        before, after = (
+            "unlabelled" if label is None else str(label) for label in (self.before, self.after)
+        )
+        return f"{self.series_id}: {before} -> {after} ({self.kind})"
+
+
+# `dataset show` lists this many label changes; `--json` has them all.
+LABEL_CHANGES_SHOWN = 50
+
+
 class Manifest(Record):
     """`datasets/<name>/v<N>/manifest.json`: the commit record of a dataset version."""
 
@@ -144,6 +171,15 @@ class Manifest(Record):
     samples: int
     excluded: ExcludedCounts
     shards: list[ShardInfo]
+    # Series whose label differs from the parent's (lungcls.dataset.labelling), by series.
+    label_changes: list[LabelChange] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _label_changes_only_when_any(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.label_changes:  # as manifests without any were written before
+            data.pop("label_changes", None)
+        return data
 
     @property
     def ref(self) -> DatasetRef:
@@ -188,7 +224,21 @@ class Manifest(Record):
             f"  excluded: {self.excluded.model_dump()}",
             *(f"  {c.line()}" for c in self.contracts.values()),
             f"  {len(self.shards)} shards, {self.shard_bytes / 1e6:.1f} MB",
+            *self.label_change_lines(),
         ]
+
+    def label_change_lines(self) -> list[str]:
+        """What changed in the labels since the parent version (nothing when nothing did)."""
+        changes = self.label_changes
+        if not changes:
+            return []
+        kinds = Counter(c.kind for c in changes)
+        counts = ", ".join(f"{kinds[k]} {k}" for k in ("changed", "gained", "lost") if kinds[k])
+        lines = [f"  label changes since v{self.parent}: {len(changes)} series ({counts})"]
+        lines += [f"    {c.line()}" for c in changes[:LABEL_CHANGES_SHOWN]]
+        if len(changes) > LABEL_CHANGES_SHOWN:
+            lines.append(f"    … {len(changes) - LABEL_CHANGES_SHOWN} more (--json lists all)")
+        return lines
 
     def count_table(self) -> list[dict[str, str | int]]:
         """Samples by split and label, one row per split (the dataset-version artifact)."""

@@ -34,7 +34,7 @@ SHARD_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("label", pa.int8()),
         ("batch", pa.string()),
-        ("archive_sha256", pa.string()),
+        ("archive_id", pa.string()),
         ("manufacturer", pa.string()),
         ("slice_thickness_mm", pa.float64()),
         ("nodule_diameter_mm", pa.float64()),
@@ -50,6 +50,10 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 METADATA_COLUMNS = [n for n in SHARD_SCHEMA.names if n != TENSOR_COLUMN]
+# Shards of lungcls 0.1 named the archive by its SHA-256 (which joins the ledger row that
+# holds the inbox path): that column is dropped on reading, and `archive_id` reads as null.
+OPTIONAL_COLUMNS = frozenset({"archive_id"})
+DROPPED_COLUMNS = frozenset({"archive_sha256"})
 
 
 @dataclass
@@ -61,7 +65,7 @@ class SampleSource:
     split: str
     label: int
     batch: str
-    archive_sha256: str
+    archive_id: str | None  # the archive's keyed pseudonym; None in 0.1 shards
     manufacturer: str | None
     slice_thickness_mm: float | None
     nodule_diameter_mm: float | None
@@ -130,11 +134,26 @@ def write_shard(
 
 
 def _read_shard(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table:
-    """A shard's table (or some of its columns), its columns checked first."""
+    """A shard's table (or some of its columns), its columns checked first; a column an
+    older shard lacks reads as nulls, one it holds that is obsolete is not read."""
+    wanted = columns or SHARD_SCHEMA.names
     with storage.open(rel, "rb") as f:
         parquet = pq.ParquetFile(f)
-        check_columns(parquet.schema_arrow, SHARD_SCHEMA, storage.url(rel), "dataset shard")
-        return parquet.read(columns=columns)
+        found = parquet.schema_arrow
+        check_columns(
+            found,
+            SHARD_SCHEMA,
+            storage.url(rel),
+            "dataset shard",
+            OPTIONAL_COLUMNS,
+            DROPPED_COLUMNS,
+        )
+        table = parquet.read(columns=[c for c in wanted if c in found.names])
+    for name in wanted:
+        if name not in table.column_names:
+            field = SHARD_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(wanted)
 
 
 def read_shard_metadata(storage: Storage, rel: str) -> pa.Table:

@@ -35,6 +35,7 @@ class BuildSummary(Record):
     manifest_path: str
     preprocessed: int = 0
     reused_shards: int = 0
+    label_changes: int = 0  # series whose label differs from the parent version's
     quarantined: list[QuarantineItem] = Field(default_factory=list)
     counts: SplitCounts = Field(default_factory=dict)
     seconds: float = 0.0
@@ -56,18 +57,33 @@ class BuildSummary(Record):
 
     def as_cached(self) -> BuildSummary:
         """This summary as seen by a later run that found it cached: nothing was done."""
-        update = {"created": False, "preprocessed": 0, "reused_shards": 0, "quarantined": []}
+        update = {
+            "created": False,
+            "preprocessed": 0,
+            "reused_shards": 0,
+            "label_changes": 0,
+            "quarantined": [],
+        }
         return self.model_copy(update={**update, "seconds": 0.0})
 
     def summary_lines(self) -> list[str]:
         """What `lungcls dataset build` prints."""
         if not self.created:
-            return [f"dataset {self.ref} is up to date: no new data, no new version"]
+            return [
+                f"dataset {self.ref} is up to date: no new data, no new version",
+                *(item.line() for item in self.quarantined),
+            ]
+        changed = (
+            [f"  {self.label_changes} series changed label (`lungcls dataset show` lists them)"]
+            if self.label_changes
+            else []
+        )
         return [
             f"dataset {self.ref}: {self.preprocessed} series preprocessed, "
             f"{self.reused_shards} shards reused, {len(self.quarantined)} quarantined "
             f"({self.seconds:.1f} s); manifest {self.manifest_path}",
             *count_lines(self.counts),
+            *changed,
             *(item.line() for item in self.quarantined),
         ]
 
@@ -89,10 +105,12 @@ class BuildSummary(Record):
 
     def version_description(self, manifest: Manifest, manifest_url: str) -> str:
         """The caption of the dataset-version artifact (its table is `manifest.count_table`)."""
+        changed = len(manifest.label_changes)
         return (
             f"{manifest.ref}: samples by split and label ({len(manifest.shards)} shards, "
-            f"parent v{manifest.parent}, {self.reused_shards} shards reused); "
-            f"manifest {manifest_url}"
+            f"parent v{manifest.parent}, {self.reused_shards} shards reused"
+            + (f", {changed} series changed label" if changed else "")
+            + f"); manifest {manifest_url}"
         )
 
     def artifacts(self, storage: Storage) -> list[Artifact]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -10,14 +13,29 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+from lungcls.cli import main
 from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
 from lungcls.dataset.contracts import ContractError, load_contract
-from lungcls.dataset.manifest import BuildRecord, list_versions, load_manifest
-from lungcls.dataset.shards import iter_samples
+from lungcls.dataset.labelling import apply_labels
+from lungcls.dataset.manifest import (
+    BuildRecord,
+    LabelChange,
+    Manifest,
+    ShardInfo,
+    list_versions,
+    load_manifest,
+)
+from lungcls.dataset.shards import iter_samples, read_shard_metadata
+from lungcls.dataset.validation import series_frame
+from lungcls.ingest.archive import discover_archives
+from lungcls.ingest.deid import pseudonym
+from lungcls.ingest.label_table import LabelsHistory, current_labels, refresh_labels
+from lungcls.ingest.ledger import LEDGER_PATH, Ledger
 from lungcls.ingest.run import ingest
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
@@ -27,6 +45,7 @@ from tests.support import TEST_KEY, make_settings
 SCANS = SynthOptions(
     scans=40, slices=20, rows=64, columns=64, pixel_spacing_mm=5.6, slice_spacing_mm=5.0, seed=21
 )
+KEY = TEST_KEY.encode()
 OVERRIDES = {
     "contracts": {"max_pixel_spacing_mm": 6.0},
     "preprocess": {"shape": (12, 12, 12), "spacing_mm": (3.0, 3.0, 3.0)},
@@ -183,3 +202,141 @@ def test_kill_9_mid_build_then_rerun_gives_the_clean_manifest(tmp_path: Path) ->
         p.name for p in (tmp_path / "clean/datasets/lung-nodules/v1/shards").iterdir()
     )
     assert killed_files == clean_files  # leftovers of the killed run are gone
+
+
+def _labels_rows(storage: Storage, batch: str = "b1") -> list[list[str]]:
+    text = storage.read_text(f"inbox/{batch}/labels.csv")
+    return list(csv.reader(io.StringIO(text)))
+
+
+def _deliver_labels(storage: Storage, rows: list[list[str]], batch: str = "b1") -> None:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    time.sleep(0.01)  # a new mtime, as a second delivery has
+    storage.write_atomic(f"inbox/{batch}/labels.csv", buffer.getvalue().encode())
+
+
+def _show(settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """What `lungcls dataset show` prints for the latest version."""
+    config = tmp_path / "show.yaml"
+    config.write_text(yaml.safe_dump({**settings.masked(), "pseudonym_key": TEST_KEY}))
+    capsys.readouterr()
+    assert main(["--config", str(config), "dataset", "show"]) == 0
+    return capsys.readouterr().out
+
+
+def _shard_of(storage: Storage, manifest: Manifest, series_id: str) -> ShardInfo:
+    (shard,) = [
+        s
+        for s in manifest.shards
+        if series_id in read_shard_metadata(storage, s.path)["series_id"].to_pylist()
+    ]
+    return shard
+
+
+def test_late_labels_count_in_the_next_version_without_ingest(
+    ds_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = Storage.from_settings(ds_settings)
+    late = synth_batch(storage, "b2", SynthOptions(**{**SCANS.__dict__, "scans": 12, "seed": 22}))
+    labels = storage.read_bytes("inbox/b2/labels.csv")
+    storage.remove("inbox/b2/labels.csv")  # the archives come first
+    ingest(ds_settings, progress=False)
+    first = build_dataset(ds_settings, progress=False)
+    v1 = load_manifest(storage, "lung-nodules", first.version)
+    assert (v1.samples, v1.excluded.unlabelled) == (40, 12)
+    ledger = storage.read_bytes(LEDGER_PATH)
+
+    storage.write_atomic("inbox/b2/labels.csv", labels)  # the labels a week later
+    second = build_dataset(ds_settings, progress=False)
+    assert (second.created, second.preprocessed, second.reused_shards) == (True, 12, 3)
+    assert storage.read_bytes(LEDGER_PATH) == ledger  # no archive was read again
+    v2 = load_manifest(storage, "lung-nodules", second.version)
+    assert (v2.samples, v2.excluded.unlabelled, v2.parent) == (52, 0, 1)
+    gained = {pseudonym(KEY, "series", s.scan.series_uid) for s in late}
+    assert {c.series_id for c in v2.label_changes} == gained
+    assert {(c.kind, c.before) for c in v2.label_changes} == {("gained", None)}
+    samples = {s.sample_id: s.label for s in iter_samples(storage, [s.path for s in v2.shards])}
+    assert all(samples[pseudonym(KEY, "series", s.scan.series_uid)] == s.label for s in late)
+    shown = _show(ds_settings, tmp_path, capsys)
+    assert "label changes since v1: 12 series (12 gained)" in shown
+    change = v2.label_changes[0]
+    assert f"{change.series_id}: unlabelled -> {change.after} (gained)" in shown
+
+
+def test_a_corrected_label_remakes_only_its_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = dataset_settings(tmp_path / "root", tmp_path, dataset={"shard_target_mb": 0.02})
+    storage = Storage.from_settings(settings)
+    scans = synth_batch(storage, "b1", SCANS)
+    ingest(settings, progress=False)
+    build_dataset(settings, progress=False)
+    v1 = load_manifest(storage, "lung-nodules", 1)
+    assert len(v1.shards) > 3  # several shards per split
+
+    rows = _labels_rows(storage)
+    number = next(i for i, r in enumerate(rows) if i and r[0] and r[3] in ("0", "1"))
+    flipped = pseudonym(KEY, "series", rows[number][0])
+    before = int(rows[number][3])
+    rows[number][3] = str(1 - before)
+    _deliver_labels(storage, rows)
+    second = build_dataset(settings, progress=False)
+    v2 = load_manifest(storage, "lung-nodules", 2)
+    assert v2.label_changes == [LabelChange(series_id=flipped, before=before, after=1 - before)]
+    remade = _shard_of(storage, v1, flipped)
+    assert (second.preprocessed, second.reused_shards) == (remade.rows, len(v1.shards) - 1)
+    assert set(v1.shards) - set(v2.shards) == {remade}
+    samples = {s.sample_id: s.label for s in iter_samples(storage, [s.path for s in v2.shards])}
+    assert samples[flipped] == 1 - before and v2.samples == v1.samples
+    assert f"{flipped}: {before} -> {1 - before} (changed)" in _show(settings, tmp_path, capsys)
+
+    # A corrected nodule center: no label changes, but that sample is cropped again.
+    number = next(i for i, r in enumerate(rows) if i and r[0] and r[4])
+    moved = pseudonym(KEY, "series", rows[number][0])
+    rows[number][4] = str(float(rows[number][4]) + 9.0)
+    _deliver_labels(storage, rows)
+    third = build_dataset(settings, progress=False)
+    v3 = load_manifest(storage, "lung-nodules", 3)
+    assert v3.label_changes == []
+    remade = _shard_of(storage, v2, moved)
+    assert (third.preprocessed, third.reused_shards) == (remade.rows, len(v2.shards) - 1)
+    tensors = [
+        {s.sample_id: s.array() for s in iter_samples(storage, [s.path for s in v.shards])}
+        for v in (v2, v3)
+    ]
+    assert not np.array_equal(tensors[0][moved], tensors[1][moved])
+    assert len(scans) == v3.samples
+
+
+def test_labels_saved_again_by_excel_make_no_new_version(ds_settings: Settings) -> None:
+    storage = Storage.from_settings(ds_settings)
+    build_dataset(ds_settings, progress=False)
+    rows = _labels_rows(storage)  # as Excel saves it where decimals have a comma
+    rows = [r[:4] + [v.replace(".", ",") for v in r[4:]] for r in rows]
+    excel = "".join(";".join(r) + "\r\n" for r in rows)
+    time.sleep(0.01)
+    storage.write_atomic("inbox/b1/labels.csv", codecs.BOM_UTF8 + excel.encode())
+    again = build_dataset(ds_settings, progress=False)
+    assert (again.created, again.version, again.quarantined) == (False, 1, [])
+    assert [e.version for e in LabelsHistory.load(storage).entries] == [1, 2]
+
+
+def test_batches_without_a_labels_version_keep_their_records_labels(
+    ds_settings: Settings,
+) -> None:
+    storage = Storage.from_settings(ds_settings)
+    storage.write_atomic("inbox/b2/labels.csv", b"patient_id,label,split\nP1,1,test\n")
+    _, files = discover_archives(storage, "inbox")
+    refresh_labels(storage, KEY, [f for f in files if "/b2/" in f.path], "r1")
+    stamped = series_frame(storage, Ledger.load(storage)).head(3).copy()
+    stamped["batch"] = ["b0", "b0", "b2"]  # b0: ingested before labels tables existed
+    stamped["label"] = pd.array([1, 0, 0], dtype="Int64")
+    stamped["split"] = ["val", None, None]
+    stamped["nodule_x_mm"] = [1.0, None, 2.0]
+    stamped["patient_id"] = [stamped["patient_id"].iloc[0], "x", pseudonym(KEY, "patient", "P1")]
+    applied = apply_labels(stamped, current_labels(storage))
+    assert applied["label"].tolist() == [1, 0, 1]
+    assert [s if isinstance(s, str) else None for s in applied["split"]] == ["val", None, "test"]
+    assert applied["nodule_x_mm"].iloc[0] == 1.0 and pd.isna(applied["nodule_x_mm"].iloc[2])
+    assert applied["label_level"].iloc[2] == "patient"

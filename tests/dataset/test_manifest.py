@@ -152,7 +152,9 @@ def test_renderers_say_what_the_manifest_says(old_root: Storage) -> None:
         counts=manifest.counts,
     )
     assert "1 quarantined" in built.summary_lines()[0]
-    assert built.summary_lines()[-1].startswith("  quarantined series series-3f2a9c:")
+    assert built.summary_lines()[-1].startswith(
+        "  quarantined series file:///root/series/abc.parquet series-3f2a9c:"
+    )
     markdown = built.validation_markdown(manifest, "file:///docs")
     assert "| series_metadata | v2 | 17 | 40 | 0 |" in markdown
     assert "Quarantined at this build: 1" in markdown

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
+
 from lungcls.ingest.deid import pseudonym
-from lungcls.ingest.labels import parse_labels
+from lungcls.ingest.labels import BatchLabels, parse_labels, read_labels, sniff_delimiter
 
 KEY = b"k" * 32
 
@@ -81,3 +83,80 @@ def test_split_is_assigned_on_patient_rows_only() -> None:
     series = pseudonym(KEY, "series", "1.1")
     assert parsed.lookup(series, "study-x", p1).level == "series"
     assert parsed.split_for(p1) == "test"
+
+
+PLAIN = (
+    "series_uid,patient_id,label,nodule_x_mm,nodule_y_mm,nodule_z_mm,nodule_diameter_mm,split\n"
+    "1.2.3,,1,10.5,-20,30,12.5,\n"
+    ",MRN42,negative,,,,,test\n"
+)
+
+
+def _labels(parsed: BatchLabels) -> list[tuple[object, ...]]:
+    return [
+        (x.row, x.key, x.level, x.label, x.nodule_center_xyz_mm, x.nodule_diameter_mm, x.split)
+        for x in parsed.labels
+    ]
+
+
+def test_spreadsheet_exports_read_as_the_plain_file() -> None:
+    plain = read_labels(PLAIN.encode(), KEY)
+    assert plain.problems == [] and len(plain.labels) == 2
+    # Excel "CSV UTF-8" in a locale with decimal commas: BOM, CRLF, ";" and "12,5".
+    semicolons = PLAIN.replace(",", ";").replace("10.5", "10,5").replace("12.5", "12,5")
+    excel = codecs.BOM_UTF8 + semicolons.replace("\n", "\r\n").encode()
+    # Excel "Unicode text": UTF-16 with a BOM, tab-separated; capitalised headers.
+    unicode_text = PLAIN.replace(",", "\t").replace("series_uid", "Series_UID")
+    utf16 = unicode_text.replace("\n", "\r\n").encode("utf-16")
+    # Old Mac line ends, trailing empty columns and a blank row at the end, as sheets leave.
+    padded = PLAIN.replace("\n", ",,\r").encode() + b",,,,,,,,,,\r"
+    for data in (excel, utf16, padded):
+        parsed = read_labels(data, KEY)
+        assert parsed.problems == [], data[:20]
+        assert _labels(parsed) == _labels(plain)
+    # A reader that decoded plain UTF-8 leaves the BOM in the text: still the same labels.
+    assert _labels(parse_labels(excel.decode("utf-8"), KEY)) == _labels(plain)
+
+
+def test_the_delimiter_comes_from_the_header_line_only() -> None:
+    assert sniff_delimiter("series_uid;label\n1,2;1\n") == ";"
+    assert sniff_delimiter("series_uid\tlabel\n1;2\t1\n") == "\t"
+    assert sniff_delimiter("series_uid,label;x\n") == ","  # a tie goes to the comma
+    assert sniff_delimiter("label\n") == ","
+    # A quoted comma in a data row does not fool it.
+    parsed = parse_labels('series_uid;label\n"1,2";1\n', KEY)
+    assert parsed.labels[0].key == pseudonym(KEY, "series", "1,2")
+
+
+def test_undecodable_bytes_are_unreadable_with_the_row_and_no_value() -> None:
+    latin1 = "series_uid,label\n1.1,1\nMüller,0\n".encode("latin-1")
+    parsed = read_labels(latin1, KEY)
+    assert parsed.labels == []
+    (problem,) = parsed.problems
+    assert (problem.code, problem.row) == ("labels_unreadable", 2)
+    assert "ller" not in problem.message and "CSV UTF-8" in problem.message
+
+
+def test_bad_numbers_name_the_column_not_the_value() -> None:
+    parsed = parse_labels("series_uid,label,nodule_diameter_mm\n1.1,1,DOE JANE\n", KEY)
+    (problem,) = parsed.problems
+    assert (problem.code, problem.row) == ("labels_bad_value", 1)
+    assert "nodule_diameter_mm" in problem.message and "DOE" not in problem.message
+
+
+def test_files_that_are_not_csv_text_are_unreadable_not_a_crash() -> None:
+    utf16_without_bom = "series_uid,label\n1.1,1\n".encode("utf-16-le")
+    unclosed_quote = b'series_uid,label\n1.1,1\n"' + b"x" * 200_000 + b",1\n"
+    for data, row in ((utf16_without_bom, 0), (unclosed_quote, 2)):
+        parsed = read_labels(data, KEY)
+        assert parsed.labels == []
+        assert [(p.code, p.row) for p in parsed.problems] == [("labels_unreadable", row)]
+
+
+def test_a_missing_header_row_is_not_echoed_as_column_names() -> None:
+    parsed = parse_labels("1.2.840.4711,MRN4711,1\n1.2.840.4712,MRN4712,0\n", KEY)
+    assert [p.code for p in parsed.problems] == ["labels_unknown_column", "labels_unreadable"]
+    message = parsed.problems[0].message
+    assert "4711" not in message and "3 that are no names" in message
+    named = parse_labels("series_uid,label,Comment\n1.1,1,x\n", KEY).problems[0]
+    assert "unknown column(s) comment;" in named.message

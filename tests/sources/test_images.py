@@ -19,6 +19,7 @@ from lungcls.dataset.build import build_dataset
 from lungcls.dataset.manifest import load_manifest
 from lungcls.dataset.shards import iter_samples
 from lungcls.evaluate.evaluation import evaluate_model
+from lungcls.ingest.label_table import current_labels
 from lungcls.ingest.ledger import Ledger
 from lungcls.ingest.run import ingest
 from lungcls.ingest.series_store import iter_series
@@ -138,6 +139,7 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
     summary = ingest(settings, progress=False)
     assert summary.series_ingested == 26 and summary.quarantined == []
     stored = list(iter_series(storage, ledger=Ledger.load(storage)))
+    labels = current_labels(storage)  # labels are their own table, applied at dataset build
     tail = {("cancer", 13), ("cancer", 14), ("normal", 10), ("normal", 11), ("normal", 12)}
     slope, intercept = 1500 / 255, -1350.0
     for series in stored:
@@ -149,8 +151,10 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
         ]
         assert len(matches) == 1, "every stored slice is exactly one source image"
         (class_name, number) = matches[0]
-        assert series.label == int(class_name == "cancer")
-        assert (series.split == "test") == ((class_name, number) in tail)
+        label = labels.lookup(series.batch, series.series_id, series.study_id, series.patient_id)
+        assert label is not None and label.label == int(class_name == "cancer")
+        split = labels.split_for(series.batch, series.patient_id)
+        assert (split == "test") == ((class_name, number) in tail)
     patients = {s.patient_id for s in stored}
     assert len(patients) == 9 and all(p.startswith("patient-") for p in patients)
 
