@@ -37,13 +37,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from lungcls.ingest.deid import check_demo_root
+    from lungcls.io.storage import Storage
     from lungcls.sources.demo import DEMO_PSEUDONYM_KEY, ensure_demo_batch
 
-    if load_settings(args.config).pseudonym_key is None:
+    demo_key = load_settings(args.config).pseudonym_key is None
+    if demo_key:
         # Set for the flow too, which reads its settings again.
         os.environ["LUNGCLS_PSEUDONYM_KEY"] = DEMO_PSEUDONYM_KEY
         print("demo: pseudonyms use the public demo key (synthetic data only)")
     settings = settings_from(args)
+    if demo_key:  # refused before the batch is written, not after (every stage checks too)
+        check_demo_root(settings, Storage.from_settings(settings))
     ensure_demo_batch(settings)
     args.batch = None
     return _run_retrain(args, settings)

@@ -11,13 +11,23 @@ centered on `--center` (patient mm), else on the nodule center in a `labels.csv`
 input, else on the largest lung (the model was trained on nodule-centered patches: give a
 center when you have one); a model trained on whole slices (`crop_center: image`) takes the
 image center. The decision uses the operating point of the model's evaluation.
+
+Predictions name their input by keyed pseudonyms only, never by path (PACS exports name
+folders and files after patients): `series_id` as the series store does, and `archive_id`
+= `pseudonym(key, "archive", <SHA-256 of the input's bytes>)` as ingest does, so
+`predictions.csv` can go to people who may not see the inbox. The operator maps back
+through the ledger (the operator's view, with the inbox's access): `predict --batch` writes
+`ledger/predict/<run>.csv`, each archive_id with its input's URL and outcome; a single
+input is the one the operator named. Logs and errors name inputs by archive_id and refusal
+code, never by path or member name.
 """
 
 from __future__ import annotations
 
 import logging
 import posixpath
-from dataclasses import asdict, dataclass, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -28,26 +38,35 @@ from lungcls.errors import LungclsError
 from lungcls.evaluate.calibration import calibrate
 from lungcls.evaluate.evaluation import resolve_version
 from lungcls.evaluate.report import Calibration, EvaluationReport, evaluation_dir
-from lungcls.ingest.archive import ArchiveRef, archive_kind, discover_archives
+from lungcls.ingest.archive import ArchiveRef, ArchiveRejected, archive_kind, discover_archives
 from lungcls.ingest.decode import decode_archive
 from lungcls.ingest.deid import pseudonym, pseudonym_key
 from lungcls.ingest.dicom_series import CTVolume
 from lungcls.ingest.labels import BatchLabels, parse_labels
-from lungcls.io.storage import Storage
+from lungcls.io.quarantine import QuarantineItem
+from lungcls.io.storage import Storage, StorageError
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model
 
 log = logging.getLogger(__name__)
 
+INPUTS_DIR = "ledger/predict"  # operator-only: archive_id -> input URL, per batch run
+
 
 class PredictError(LungclsError):
-    """A prediction cannot be made; the message says why."""
+    """A prediction cannot be made; the message says why (naming no path).
+
+    `archive_id` names the refused input where it is known."""
+
+    def __init__(self, message: str, archive_id: str = "") -> None:
+        super().__init__(message)
+        self.archive_id = archive_id
 
 
 @dataclass
 class Prediction:
     series_id: str  # pseudonym: the output never holds raw identifiers
-    source: str
+    archive_id: str  # pseudonym of the input's bytes; never its path (see the module doc)
     probability: float
     decision: str  # "positive" or "negative" at the threshold
     threshold: float
@@ -119,14 +138,16 @@ def _labels_in(storage: Storage, key: bytes) -> BatchLabels:
 
 
 def _ref_for(storage: Storage, rel: str) -> ArchiveRef:
-    """An archive, a folder of files or a single file, as something the archive reader reads."""
+    """An archive, a folder of files or a single file, as something the archive reader reads.
+
+    Errors do not repeat the path: the operator knows which input they named."""
     if storage.fs.isdir(storage.path(rel)):
         files = tuple(storage.list_files(rel))
         if not files:
-            raise PredictError(f"{storage.url(rel)} holds no files")
+            raise PredictError("the input folder holds no files")
         return ArchiveRef(rel.rstrip("/") + "/", "", "folder", files)
     if not storage.exists(rel):
-        raise PredictError(f"{storage.url(rel)} does not exist")
+        raise PredictError("the input does not exist: check the path or URL given")
     info = storage.info(rel)
     return ArchiveRef(rel, "", archive_kind(rel) or "folder", (info,))
 
@@ -164,16 +185,35 @@ def predict_source(
     scorer = scorer or Scorer.load(settings, version)
     parent, name = posixpath.split(source.rstrip("/"))
     storage = Storage(parent or ".", settings.s3_endpoint_url)
-    key = scorer.key
     if labels is None:
-        labels = _labels_in(storage, key)
-    decoded = decode_archive(storage, _ref_for(storage, name), settings.ingest, key)
-    for item in decoded.quarantined:
-        log.warning("%s: %s: %s", item.member or item.series_id or source, item.code, item.message)
+        labels = _labels_in(storage, scorer.key)
+    ref = _ref_for(storage, name)
+    return _predict_ref(settings, storage, ref, scorer, labels, center, saliency_dir)
+
+
+def _predict_ref(
+    settings: Settings,
+    storage: Storage,
+    ref: ArchiveRef,
+    scorer: Scorer,
+    labels: BatchLabels,
+    center: tuple[float, float, float] | None = None,
+    saliency_dir: str | None = None,
+) -> list[Prediction]:
+    """Score every series of one input (an archive, a folder's files, one file)."""
+    key = scorer.key
+    try:
+        decoded = decode_archive(storage, ref, settings.ingest, key)
+    except ArchiveRejected as rejected:  # its message may name a member: the code says why
+        unread = input_pseudonym(key, storage.url(ref.key))
+        raise PredictError(f"input {unread} was refused whole: {rejected.code}", unread) from None
+    archive_id = pseudonym(key, "archive", decoded.sha256)
+    _log_refused(archive_id, decoded.quarantined)
     if not decoded.volumes:
         raise PredictError(
-            f"{source} holds no usable CT series ({len(decoded.quarantined)} "
-            "items refused, see the warnings)"
+            f"input {archive_id} holds no usable CT series ({len(decoded.quarantined)} "
+            "items refused, see the warnings)",
+            archive_id,
         )
     predictions = []
     for volume in decoded.volumes:
@@ -188,7 +228,7 @@ def predict_source(
         predictions.append(
             Prediction(
                 series_id=series_id,
-                source=storage.url(name),
+                archive_id=archive_id,
                 probability=float(probability),
                 decision="positive" if probability >= scorer.threshold else "negative",
                 threshold=scorer.threshold,
@@ -199,6 +239,24 @@ def predict_source(
             )
         )
     return predictions
+
+
+def input_pseudonym(key: bytes, url: str) -> str:
+    """The name of an input that could not be read to its end (no digest of its bytes):
+    a keyed pseudonym of its URL, which the batch's ledger file maps back."""
+    return pseudonym(key, "archive", url)
+
+
+def _log_refused(archive_id: str, items: list[QuarantineItem]) -> None:
+    """What was refused in one input, by code: item messages and members may name files."""
+    counts = Counter(f"{item.level} {item.code}" for item in items)
+    for what, n in sorted(counts.items()):
+        log.warning("input %s: %d %s refused", archive_id, n, what)
+
+
+def _internal(error: Exception) -> str:
+    """An unexpected failure, by exception type only: its message may hold header values."""
+    return f"internal_error ({type(error).__name__})"
 
 
 def _write_saliency(scorer: Scorer, tensor: np.ndarray, path: str, probability: float) -> None:
@@ -215,7 +273,8 @@ def _write_saliency(scorer: Scorer, tensor: np.ndarray, path: str, probability: 
 def predict_batch(
     settings: Settings, batch: str, version: str | int | None = None, out: str | None = None
 ) -> tuple[list[Prediction], str]:
-    """Score every archive of `inbox/<batch>`; write predictions as Parquet and CSV."""
+    """Score every archive of `inbox/<batch>`; write predictions as Parquet and CSV, and
+    for the operator which input each archive_id was (`ledger/predict/<run>.csv`)."""
     import pandas as pd
 
     from lungcls.io.runs import new_run_id
@@ -224,20 +283,34 @@ def predict_batch(
     scorer = Scorer.load(settings, version)
     archives, _ = discover_archives(storage, settings.ingest.inbox)
     archives = [a for a in archives if a.batch == batch]
-    if not archives:
-        raise PredictError(f"no archives in {storage.url(f'{settings.ingest.inbox}/{batch}')}")
+    if not archives:  # the operator named the batch: no need to repeat its folder name
+        raise PredictError(f"no archives in that batch of {storage.url(settings.ingest.inbox)}")
     batch_dir = Storage(storage.url(f"{settings.ingest.inbox}/{batch}"), settings.s3_endpoint_url)
     labels = _labels_in(batch_dir, scorer.key)  # read once, not once per archive
-    predictions = []
-    for ref in archives:
+    run_id = new_run_id("predict")
+    predictions: list[Prediction] = []
+    inputs: list[dict[str, object]] = []  # operator-only: archive_id -> input URL
+    for ref in archives:  # as discovered: the loose files of a batch are one input
+        url = storage.url(ref.key)
         try:
-            predictions += predict_source(
-                settings, storage.url(ref.key), scorer=scorer, labels=labels
-            )
-        except PredictError as error:
-            log.warning("%s", error)
-    out = out or f"predictions/{new_run_id('predict')}"
-    frame = pd.DataFrame([asdict(p) for p in predictions])
+            scored = _predict_ref(settings, storage, ref, scorer, labels)
+        except (StorageError, OSError):
+            raise  # the storage failed, not this input: the whole run is worth retrying
+        except Exception as error:  # one input never stops the batch
+            archive_id = getattr(error, "archive_id", "") or input_pseudonym(scorer.key, url)
+            outcome = str(error) if isinstance(error, PredictError) else _internal(error)
+            log.warning("input %s: not scored: %s", archive_id, outcome)
+            inputs.append({"archive_id": archive_id, "input": url, "outcome": outcome})
+            continue
+        predictions += scored
+        outcome = f"scored {len(scored)} series"
+        inputs.append({"archive_id": scored[0].archive_id, "input": url, "outcome": outcome})
+    out = out or f"predictions/{run_id}"
+    columns = [f.name for f in fields(Prediction)]  # the header even when nothing scored
+    frame = pd.DataFrame([asdict(p) for p in predictions], columns=columns)
     storage.write_atomic(f"{out}/predictions.csv", frame.to_csv(index=False).encode())
     storage.write_atomic(f"{out}/predictions.parquet", frame.to_parquet(index=False))
+    mapping = pd.DataFrame(inputs, columns=["archive_id", "input", "outcome"])
+    mapping.insert(0, "predictions", storage.url(out))
+    storage.write_atomic(f"{INPUTS_DIR}/{run_id}.csv", mapping.to_csv(index=False).encode())
     return predictions, storage.url(out)

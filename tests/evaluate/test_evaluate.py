@@ -228,6 +228,6 @@ def test_evaluate_promote_predict_on_s3(s3_settings: Settings, tmp_path: Path) -
     scores = evaluation.scores.set_index("sample_id")["score"]
     archives = sorted(i.path for i in storage.list_files("inbox/b1") if i.path.endswith("gz"))
     predictions = [p for a in archives[:4] for p in predict_source(settings, storage.url(a))]
-    assert all(p.source.startswith("s3://") for p in predictions)
+    assert all(p.archive_id.startswith("archive-") for p in predictions)
     matched = [p for p in predictions if p.series_id in scores.index]
     assert matched and all(abs(p.probability - scores[p.series_id]) < 1e-5 for p in matched)
