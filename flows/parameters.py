@@ -50,9 +50,7 @@ class RetrainParameters(IngestParameters):
     )
 
     def for_ingest(self) -> IngestParameters:
-        return IngestParameters(
-            **self.where().model_dump(), batch=self.batch, retry_rejected=self.retry_rejected
-        )
+        return IngestParameters(**self.model_dump(include=set(IngestParameters.model_fields)))
 
     def for_train(self, dataset_version: int) -> TrainParameters:
         return TrainParameters(

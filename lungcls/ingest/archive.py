@@ -15,8 +15,6 @@ anything wrong with the bytes is an `ArchiveRejected` with a stable code.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import lzma
 import posixpath
@@ -26,9 +24,10 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 from lungcls.config import IngestLimits
+from lungcls.ingest.streams import TailTap, decompressed, storage_stream
 from lungcls.io.storage import CHUNK_BYTES, HashingReader, ObjectInfo, Storage, StorageError
 
 ArchiveKind = Literal["zip", "tar", "folder"]
@@ -37,7 +36,6 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 # What Python's zipfile can decompress; Deflate64 (9), zstd (93), PPMd (98) … it cannot.
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _ZIP_METHOD_NAMES = {9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "zstd", 95: "xz", 98: "PPMd"}
-_TAR_BLOCK = 512
 # What damaged or cut archive bytes raise while they are read.
 _UNREADABLE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 
@@ -233,7 +231,7 @@ class ArchiveReader:
         self.bytes_read += self.ref.size
         budget = _Budget(self.limits)
         with (
-            _storage_stream(self.storage, self.ref.key) as raw,
+            storage_stream(self.storage, self.ref.key) as raw,
             zipfile.ZipFile(raw) as archive,
         ):
             infos = archive.infolist()
@@ -276,9 +274,9 @@ class ArchiveReader:
 
     def _tar_members(self) -> Iterator[Member | MemberProblem]:
         budget = _Budget(self.limits)
-        with _storage_stream(self.storage, self.ref.key) as raw:
+        with storage_stream(self.storage, self.ref.key) as raw:
             hashing = HashingReader(raw)
-            tap = _TailTap(_decompressed(hashing))
+            tap = TailTap(decompressed(hashing))
             with tarfile.open(fileobj=tap, mode="r|") as archive:
                 for info in archive:
                     if info.isdir():
@@ -342,109 +340,3 @@ def _refuse_unreadable_zip(infos: list[zipfile.ZipInfo]) -> None:
                 f"zip members are compressed with {method}, which cannot be read here; "
                 "export again with standard Deflate (or as .tar.gz)",
             )
-
-
-class _StorageStream:
-    """A storage file whose read errors are `StorageError`s: what fails in the storage is
-    told apart from what is wrong with the bytes (an input to refuse)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-
-    def _call(self, name: str, *args: Any) -> Any:
-        try:
-            return getattr(self.raw, name)(*args)
-        except Exception as error:
-            raise StorageError(f"reading an archive failed: {type(error).__name__}") from error
-
-    def read(self, size: int = -1) -> bytes:
-        return self._call("read", size)
-
-    # Seeks do no I/O (a remote file fetches on read); a bad offset comes from the bytes.
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.raw.tell()
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def __enter__(self) -> _StorageStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _storage_stream(storage: Storage, rel: str) -> _StorageStream:
-    try:
-        return _StorageStream(storage.open(rel, "rb"))
-    except Exception as error:
-        raise StorageError(f"opening an archive failed: {type(error).__name__}") from error
-
-
-class _Prefixed:
-    """A stream with its first bytes already read (to sniff the compression) put back."""
-
-    def __init__(self, head: bytes, rest: IO[bytes] | HashingReader) -> None:
-        self.head, self.rest = head, rest
-
-    def read(self, size: int = -1) -> bytes:
-        if not self.head:
-            return self.rest.read(size)
-        if size < 0:
-            data, self.head = self.head + self.rest.read(), b""
-            return data
-        data, self.head = self.head[:size], self.head[size:]
-        return data if len(data) == size else data + self.rest.read(size - len(data))
-
-    def readable(self) -> bool:
-        return True
-
-
-def _decompressed(stream: HashingReader) -> IO[bytes] | _Prefixed:
-    """The tar bytes of a plain, gzip, bzip2 or xz stream. The decompressors (unlike
-    tarfile's own streaming) raise when the stream ends before its end-of-stream marker."""
-    head = stream.read(6)
-    sniffed = _Prefixed(head, stream)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=sniffed, mode="rb")  # type: ignore[arg-type]
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(sniffed)  # type: ignore[arg-type]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(sniffed)  # type: ignore[arg-type]
-    return sniffed
-
-
-class _TailTap:
-    """Passes reads through and keeps the last bytes, to check the tar end-of-archive block."""
-
-    KEEP = 64 * 1024
-
-    def __init__(self, stream: IO[bytes] | _Prefixed) -> None:
-        self.stream = stream
-        self.tail = bytearray()
-        self.total = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.total += len(data)
-        self.tail += data
-        del self.tail[: max(0, len(self.tail) - self.KEEP)]
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def zeros_at(self, offset: int) -> bool:
-        """Whether a whole block of zeros was read at stream offset `offset`."""
-        start = offset - (self.total - len(self.tail))
-        block = bytes(self.tail[start : start + _TAR_BLOCK]) if start >= 0 else b""
-        return len(block) == _TAR_BLOCK and not block.strip(b"\0")
