@@ -140,6 +140,13 @@ class TrainSettings(BaseModel):
     augment_strength: float = Field(1.0, description="0 = no augmentation; scales all of it.")
     class_balance: Literal["weights", "none"] = "weights"
     early_stopping_patience: int = Field(10, description="Epochs without a better val AUC.")
+    folds: int = Field(
+        5,
+        ge=1,
+        description="Patient-grouped folds over train+val: each fold's model stops early on "
+        "its held-out patients, their out-of-fold scores choose the operating point, and the "
+        "published model averages the fold models. 1: train on train, stop on val.",
+    )
     seed: int = 0
     max_failures: int = Field(3, description="Worker failures survived by resuming.")
     amp: bool = Field(True, description="Mixed precision, on GPU only.")

@@ -98,6 +98,7 @@ FLOW_CONFIG: dict[str, object] = {
         "learning_rate": 0.003,
         "warmup_epochs": 1,
         "early_stopping_patience": 100,
+        "folds": 1,  # cross-validation has its own tests (tests/train)
     },
     "evaluation": {"bootstrap_rounds": 200},
     "promotion": {

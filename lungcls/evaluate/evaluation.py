@@ -23,7 +23,6 @@ import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,18 +56,8 @@ from lungcls.io.storage import Storage
 from lungcls.registry.aliases import read_alias
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record
-
-SCORE_COLUMNS = [
-    "sample_id",
-    "series_id",
-    "patient_id",
-    "split",
-    "label",
-    "score",
-    "manufacturer",
-    "slice_thickness_mm",
-    "nodule_diameter_mm",
-]
+from lungcls.train.folds import read_oof_scores
+from lungcls.train.scoring import score_samples
 
 
 class EvaluationError(LungclsError):
@@ -98,26 +87,7 @@ def score_split(
     storage: Storage, model: torch.nn.Module, manifest: Manifest, split: str
 ) -> pd.DataFrame:
     """Raw network probabilities of one split's samples, in sample-id order."""
-    paths = [s.path for s in manifest.shards_of(split)]
-    rows: list[dict[str, object]] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch:
-            with torch.no_grad():
-                logits = model(torch.from_numpy(np.stack(batch)))
-            for row, score in zip(rows[-len(batch) :], torch.sigmoid(logits).tolist(), strict=True):
-                row["score"] = float(score)
-            batch.clear()
-
-    for sample in iter_samples(storage, paths):
-        batch.append(sample.array().astype(np.float32))
-        rows.append({c: getattr(sample, c) for c in SCORE_COLUMNS if c != "score"})
-        if len(batch) == 32:
-            flush()
-    flush()
-    frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
-    return frame.sort_values("sample_id").reset_index(drop=True)
+    return score_samples(model, iter_samples(storage, [s.path for s in manifest.shards_of(split)]))
 
 
 def load_scores(storage: Storage, folder: str) -> pd.DataFrame:
@@ -152,7 +122,7 @@ def evaluate_model(
         reference = evaluate_model(settings, record.name, record.version)
         scoring = _external_scores(storage, model, record, manifest, reference.report)
     else:
-        scoring = _own_scores(storage, model, manifest, settings.evaluation)
+        scoring = _own_scores(storage, model, record, manifest, settings.evaluation)
     report = _report(record, manifest, scoring, settings.evaluation)
     scored = scoring.frames[scoring.measured_on]
     plots = render_plots(
@@ -304,15 +274,23 @@ def _calibrated(frames: dict[str, pd.DataFrame], calibration: Calibration) -> No
 
 
 def _own_scores(
-    storage: Storage, model: torch.nn.Module, manifest: Manifest, e: EvaluationSettings
+    storage: Storage,
+    model: torch.nn.Module,
+    record: ModelRecord,
+    manifest: Manifest,
+    e: EvaluationSettings,
 ) -> _Scoring:
-    """The model's own dataset: calibration and operating point fitted on val, measured on
-    test."""
-    frames = {split: score_split(storage, model, manifest, split) for split in ("val", "test")}
-    for split, frame in frames.items():
-        if frame["label"].nunique() < 2:
-            raise EvaluationError(f"the {split} split needs both classes to be evaluated")
-    val = frames["val"]
+    """The model's own dataset: calibration and operating point fitted on val — for a
+    cross-validated model on the out-of-fold scores of train and val —, measured on test."""
+    fitted_on = "oof" if record.cross_validation else "val"
+    frames = {"test": score_split(storage, model, manifest, "test")}
+    if record.cross_validation:
+        frames["oof"] = read_oof_scores(storage, record.folder)
+    else:
+        frames["val"] = score_split(storage, model, manifest, "val")
+    if frames[fitted_on]["label"].nunique() < 2:
+        raise EvaluationError(f"the {fitted_on} scores need both classes to fit an operating point")
+    val = frames[fitted_on]
     calibration = fit_calibration(val["label"].to_numpy(), val["score"].to_numpy())
     _calibrated(frames, calibration)
     labels, scores = val["label"].to_numpy(), val["score"].to_numpy()
@@ -329,7 +307,11 @@ def _own_scores(
     point = OperatingPoint(
         target_sensitivity=e.target_sensitivity,
         threshold=threshold,
-        chosen_on="val",
+        chosen_on=(
+            f"out-of-fold scores of {len(record.cross_validation.folds)} folds over train+val"
+            if record.cross_validation
+            else "val"
+        ),
         confidence=e.operating_point_confidence,
         val_threshold_at_target=operating_point(labels, scores, e.target_sensitivity),
         val_sensitivity=on_val["sensitivity"],
@@ -368,7 +350,7 @@ def _external_scores(
         )
     frames = {"external": unseen.reset_index(drop=True)}
     _calibrated(frames, reference.calibration)
-    chosen_on = f"val of {reference.dataset}"
+    chosen_on = f"{reference.operating_point.chosen_on} of {reference.dataset}"
     facts = ExternalFacts(
         samples_scored=len(unseen),
         excluded_seen_in_training=len(frame) - len(unseen),

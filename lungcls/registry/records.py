@@ -14,7 +14,7 @@ from pydantic import SerializerFunctionWrapHandler, model_serializer
 from lungcls.config import ModelSettings, TrainSettings
 from lungcls.dataset.manifest import DatasetRef, PreprocessInfo
 from lungcls.io.records import Part, Record
-from lungcls.train.runs import EpochMetrics
+from lungcls.train.runs import CrossValidation, EpochMetrics
 
 
 class BestEpoch(Part):
@@ -59,7 +59,8 @@ class ModelRecord(Record):
 
     `settings` is the resolved configuration of the run, secrets masked: kept as plain data,
     since it documents the run and nothing reads it back as settings. `tune` is present only
-    for a model published by a hyperparameter search. `name` and `version` are set by
+    for a model published by a hyperparameter search, `cross_validation` only for a model
+    trained with folds. `name` and `version` are set by
     `publish_model` when it claims the version number (0 until then).
     """
 
@@ -78,15 +79,24 @@ class ModelRecord(Record):
     environment: TrainingEnvironment
     settings: dict[str, Any]
     tune: TuneSummary | None = None
+    # Present for a cross-validated model (`train.folds` > 1): the network is the average of
+    # the fold models, and `oof_scores.parquet` beside it holds their out-of-fold scores.
+    cross_validation: CrossValidation | None = None
     name: str = ""
     version: int = 0
 
     @model_serializer(mode="wrap")
-    def _tune_only_when_tuned(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _optional_parts_only_when_present(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
-        if self.tune is None:
-            data.pop("tune", None)
+        for part in ("tune", "cross_validation"):
+            if getattr(self, part) is None:
+                data.pop(part, None)
         return data
+
+    @property
+    def members(self) -> int:
+        """Networks averaged by the model: one per fold, or one."""
+        return len(self.cross_validation.folds) if self.cross_validation else 1
 
     @property
     def folder(self) -> str:

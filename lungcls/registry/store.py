@@ -18,7 +18,7 @@ from lungcls.errors import LungclsError
 from lungcls.io.storage import Storage
 from lungcls.io.versions import committed_versions, marker_path, missing_version
 from lungcls.registry.records import ModelRecord, model_dir
-from lungcls.train.models import build_model
+from lungcls.train.ensemble import build_network
 
 RECORD = "model.json"
 
@@ -76,7 +76,7 @@ def _same_version(a: NamedVersion, b: NamedVersion) -> bool:
 
 def load_model(storage: Storage, record: ModelRecord) -> torch.nn.Module:
     """The network of a model version, weights loaded, in eval mode."""
-    model = build_model(record.model, record.tensor_shape, seed=0)
+    model = build_network(record.model, record.tensor_shape, 0, record.members)
     state = torch.load(
         io.BytesIO(storage.read_bytes(f"{record.folder}/model.pt")), weights_only=True
     )

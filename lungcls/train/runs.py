@@ -184,6 +184,38 @@ def finish_run(storage: Storage, run_id: str, model_version: int) -> None:
     finished.save(storage, run_path(run_id))
 
 
+class FoldResult(Record):
+    """`runs/<run>/folds/<k>.json`: one fold of a cross-validated run, written once its
+    weights and out-of-fold scores are stored (a resumed run skips the folds that have one).
+    Counts are of the fold's held-out part; `val_auc` is that part's AUC at `best_epoch`
+    (None: not estimable)."""
+
+    SCHEMA: ClassVar[str] = "lungcls.train-fold/1"
+
+    fold: int  # from 0
+    patients: int
+    positives: int
+    negatives: int
+    best_epoch: int
+    epochs_run: int
+    val_auc: float | None
+    history: list[EpochMetrics]
+
+
+class CrossValidation(Part):
+    """The folds of a cross-validated model, and the AUC of their out-of-fold scores pooled
+    (`oof_scores.parquet` beside the model)."""
+
+    folds: list[FoldResult]
+    oof_auc: float | None
+
+    @property
+    def spread(self) -> float | None:
+        """Highest minus lowest fold AUC (None: fewer than two folds estimable)."""
+        aucs = [f.val_auc for f in self.folds if f.val_auc is not None]
+        return max(aucs) - min(aucs) if len(aucs) >= 2 else None
+
+
 class TrainResult(Record):
     """What a training run (or a search, through its best trial) produced: the model version
     it published and the history behind it. `lungcls train` prints `summary_lines()`, the
@@ -201,8 +233,16 @@ class TrainResult(Record):
     epochs_run: int
     seconds: float
     history: list[EpochMetrics]
+    cross_validation: CrossValidation | None = None
 
     def headline(self) -> str:
+        if self.cross_validation is not None:
+            cv = self.cross_validation
+            return (
+                f"{self.run_id}: model {self.model_name} v{self.model_version} (candidate), "
+                f"{len(cv.folds)} folds, out-of-fold AUC {number(cv.oof_auc, 4)} (folds "
+                f"{' '.join(number(f.val_auc, 3) for f in cv.folds)}), {self.seconds:.0f} s"
+            )
         return (
             f"{self.run_id}: model {self.model_name} v{self.model_version} (candidate), best "
             f"val AUC {number(self.best_val_auc, 4)} at epoch {self.best_epoch + 1} of "
@@ -210,17 +250,13 @@ class TrainResult(Record):
         )
 
     def history_rows(self) -> list[Row]:
-        """A row per epoch; the published one is marked best."""
+        """A row per epoch (and fold); the published ones are marked best."""
+        if self.cross_validation is None:
+            return [_epoch_row(e, self.best_epoch) for e in self.history]
         return [
-            {
-                "epoch": e.epoch + 1,
-                "train loss": rounded(e.train_loss),
-                "val loss": rounded(e.val_loss),
-                "val AUC": rounded(e.val_auc),
-                "seconds": round(e.epoch_seconds, 1),
-                "best": "*" if e.epoch == self.best_epoch else "",
-            }
-            for e in self.history
+            {"fold": f.fold + 1, **_epoch_row(e, f.best_epoch)}
+            for f in self.cross_validation.folds
+            for e in f.history
         ]
 
     def summary_lines(self) -> list[str]:
@@ -232,6 +268,17 @@ class TrainResult(Record):
         return [
             Artifact.of_table("training-history", self.headline(), self.history_rows(), "no epochs")
         ]
+
+
+def _epoch_row(e: EpochMetrics, best_epoch: int) -> Row:
+    return {
+        "epoch": e.epoch + 1,
+        "train loss": rounded(e.train_loss),
+        "val loss": rounded(e.val_loss),
+        "val AUC": rounded(e.val_auc),
+        "seconds": round(e.epoch_seconds, 1),
+        "best": "*" if e.epoch == best_epoch else "",
+    }
 
 
 def text_table(rows: list[Row]) -> list[str]:

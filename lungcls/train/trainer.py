@@ -19,6 +19,7 @@ import os
 import platform
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from lungcls.registry.store import publish_model, serialise_model
 from lungcls.train.loop import TrainingState
 from lungcls.train.models import build_model
 from lungcls.train.runs import (
+    CrossValidation,
     EpochMetrics,
     TrainError,
     TrainResult,
@@ -69,8 +71,29 @@ def _ray_storage(storage: Storage) -> tuple[Any, str]:
     return filesystem, f"{root}/ray-train"
 
 
-def _datasets(storage: Storage, manifest: Manifest, train: TrainSettings) -> dict[str, Dataset]:
-    """Ray Datasets over the train and val shards, decoded to float32.
+@dataclass(frozen=True)
+class Holdout:
+    """One fold of cross-validation: its held-out patients validate, every other patient of
+    the train and val splits trains (class counts of that training part)."""
+
+    patients: frozenset[str]
+    negatives: int
+    positives: int
+
+
+def select_patients(
+    batch: dict[str, np.ndarray], patients: frozenset[str], held_out: bool
+) -> dict[str, np.ndarray]:
+    """Ray Data map: the rows of `patients` (held_out) or of every other patient."""
+    keep = np.isin(batch["patient_id"], list(patients)) == held_out
+    return {column: values[keep] for column, values in batch.items()}
+
+
+def _datasets(
+    storage: Storage, manifest: Manifest, train: TrainSettings, holdout: Holdout | None = None
+) -> dict[str, Dataset]:
+    """Ray Datasets over the train and val shards, decoded to float32; with a `holdout`,
+    over its training and held-out patients of both splits.
 
     A dataset small enough for `train.cache_max_mb` is materialised once in the object store:
     re-reading a few files every epoch costs seconds of start-up that small data cannot hide.
@@ -86,16 +109,24 @@ def _datasets(storage: Storage, manifest: Manifest, train: TrainSettings) -> dic
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     filesystem, root = storage.arrow_filesystem()
     decoded_mb = 4 * math.prod(manifest.tensor_shape) * manifest.samples / 2**20
-    columns = ["tensor", "dtype", "shape", "label"]
+    columns = ["tensor", "dtype", "shape", "label", "patient_id"]
     out = {}
     for split in ("train", "val"):
-        paths = [f"{root}/{s.path}" for s in manifest.shards_of(split)]
+        splits = (split,) if holdout is None else ("train", "val")
+        paths = [f"{root}/{s.path}" for name in splits for s in manifest.shards_of(name)]
         if not paths:
             raise TrainError(f"dataset {manifest.ref} has no {split} shards")
         shuffle = ray.data.FileShuffleConfig(seed=train.seed) if split == "train" else None
         dataset = ray.data.read_parquet(
             paths, filesystem=filesystem, columns=columns, shuffle=shuffle
-        ).map_batches(decode_batch, batch_format="numpy")
+        )
+        if holdout is not None:
+            dataset = dataset.map_batches(
+                select_patients,
+                fn_kwargs={"patients": holdout.patients, "held_out": split == "val"},
+                batch_format="numpy",
+            )
+        dataset = dataset.map_batches(decode_batch, batch_format="numpy")
         out[split] = dataset.materialize() if decoded_mb <= train.cache_max_mb else dataset
     return out
 
@@ -105,15 +136,21 @@ def make_trainer(
     manifest: Manifest,
     run_id: str,
     callbacks: list[Any] | None = None,
+    holdout: Holdout | None = None,
 ) -> TorchTrainer:
-    """The TorchTrainer for one run of `settings.train` on a dataset version."""
+    """The TorchTrainer for one run of `settings.train` on a dataset version (`holdout`:
+    on one fold of it; `run_id` then names the fold, `<run>/fold-<k>`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     train = settings.train
     storage = Storage.from_settings(settings)
-    counts = manifest.counts["train"]
-    negatives, positives = counts.get("0", 0), counts.get("1", 0)
+    if holdout is None:
+        counts = manifest.counts["train"]
+        negatives, positives = counts.get("0", 0), counts.get("1", 0)
+    else:
+        negatives, positives = holdout.negatives, holdout.positives
+        counts = {"0": negatives, "1": positives}
     if not negatives or not positives:
         raise TrainError(f"the train split needs both classes; it has {counts}")
     filesystem, storage_path = _ray_storage(storage)
@@ -136,7 +173,7 @@ def make_trainer(
             resources_per_worker={"CPU": train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=run_id,
+            name=run_id.replace("/", "-"),  # a folder of its own under ray-train/
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
@@ -148,7 +185,7 @@ def make_trainer(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
         ),
-        datasets=_datasets(storage, manifest, train),
+        datasets=_datasets(storage, manifest, train, holdout),
         # Blocks in a fixed order: with one worker and one seed, runs repeat exactly.
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
     )
@@ -173,19 +210,10 @@ def publish_best(
 ) -> TrainResult:
     """Publish the best checkpoint of a finished Ray Train run as a new model version
     (`tune`: the search it came out of, recorded beside it)."""
-    if result.error is not None:
-        raise TrainError(f"training run {run_id} failed: {result.error}")
     storage = Storage.from_settings(settings)
-    # Best val AUC; among ties (small val sets saturate), the lowest val loss.
-    best_checkpoint, best_metrics = max(
-        result.best_checkpoints,
-        key=lambda pair: (_finite(pair[1]["val_auc"]), -pair[1]["val_loss"]),
-    )
     model = build_model(settings.model, manifest.tensor_shape, settings.train.seed)
-    model.load_state_dict(load_checkpoint(best_checkpoint)["model"])
-    latest = load_checkpoint(result.checkpoint)["state"]  # the latest has every epoch
-    history = TrainingState.from_payload(latest, settings.train.early_stopping_patience).history
-    best = BestEpoch(epoch=int(best_metrics["epoch"]), val_auc=best_metrics["val_auc"])
+    weights, best, history = best_epoch(result, settings.train, run_id)
+    model.load_state_dict(weights)
     record = model_record(settings, manifest, run_id, history, best, tune)
     files = serialise_model(model, record.tensor_shape)
     version = publish_model(storage, settings.model.name, files, record)
@@ -193,12 +221,31 @@ def publish_best(
         run_id=run_id,
         model_name=settings.model.name,
         model_version=version,
-        best_epoch=int(best_metrics["epoch"]),
-        best_val_auc=best_metrics["val_auc"],
+        best_epoch=best.epoch,
+        best_val_auc=best.val_auc,
         epochs_run=len(history),
         seconds=0.0,
         history=history,
     )
+
+
+def best_epoch(
+    result: Result, train: TrainSettings, run_id: str
+) -> tuple[dict[str, torch.Tensor], BestEpoch, list[EpochMetrics]]:
+    """The weights of a finished run's best epoch (val AUC; among ties, which small val
+    sets make common, the lowest val loss), that epoch, and the run's whole history."""
+    if result.error is not None:
+        raise TrainError(f"training run {run_id} failed: {result.error}")
+    best_checkpoint, best_metrics = max(
+        result.best_checkpoints,
+        key=lambda pair: (_finite(pair[1]["val_auc"]), -pair[1]["val_loss"]),
+    )
+    weights = load_checkpoint(best_checkpoint)["model"]
+    latest = load_checkpoint(result.checkpoint)["state"]  # the latest has every epoch
+    history = TrainingState.from_payload(latest, train.early_stopping_patience).history
+    auc = best_metrics["val_auc"]
+    best = BestEpoch(epoch=int(best_metrics["epoch"]), val_auc=None if auc != auc else auc)
+    return weights, best, history
 
 
 def model_record(
@@ -208,6 +255,7 @@ def model_record(
     history: list[EpochMetrics],
     best: BestEpoch,
     tune: TuneSummary | None = None,
+    cross_validation: CrossValidation | None = None,
 ) -> ModelRecord:
     """What `model.json` says of a trained model: data, preprocessing, settings, history
     (`publish_model` adds its name and version)."""
@@ -225,6 +273,7 @@ def model_record(
         environment=_environment(_use_gpu(settings.train), settings.train.num_workers),
         settings=settings.masked(),
         tune=tune,
+        cross_validation=cross_validation,
     )
 
 
@@ -245,9 +294,14 @@ def train_model(
     settings = run.settings_over(settings)
     manifest = load_manifest(storage, run.dataset.name, run.dataset.version)
     ensure_ray(settings)
-    trainer = make_trainer(settings, manifest, run.run_id)
-    result = _fit_with_progress(trainer, storage, run.run_id, settings.train.epochs)
-    outcome = publish_best(settings, manifest, run.run_id, result)
+    if settings.train.folds > 1:
+        from lungcls.train.folds import train_folds
+
+        outcome = train_folds(settings, manifest, run.run_id)
+    else:
+        trainer = make_trainer(settings, manifest, run.run_id)
+        result = fit_with_progress(trainer, storage, run.run_id, settings.train.epochs)
+        outcome = publish_best(settings, manifest, run.run_id, result)
     finish_run(storage, run.run_id, outcome.model_version)
     return outcome.model_copy(update={"seconds": time.monotonic() - started})
 
@@ -260,7 +314,9 @@ def _ordered() -> ExecutionOptions:
     return options
 
 
-def _fit_with_progress(trainer: TorchTrainer, storage: Storage, run_id: str, epochs: int) -> Result:
+def fit_with_progress(
+    trainer: TorchTrainer, storage: Storage, run_id: str, epochs: int, prefix: str = ""
+) -> Result:
     """Run `trainer.fit()` and print a line per epoch as the workers checkpoint them."""
     outcome: dict[str, Any] = {}
 
@@ -280,7 +336,7 @@ def _fit_with_progress(trainer: TorchTrainer, storage: Storage, run_id: str, epo
         for metrics in history[printed:]:
             done = metrics.epoch + 1
             eta_s = (time.monotonic() - started) / max(done - history[0].epoch, 1) * (epochs - done)
-            print(metrics.progress_line(epochs, eta_s), flush=True)
+            print(prefix + metrics.progress_line(epochs, eta_s), flush=True)
         printed = max(printed, len(history))
         if finished:
             if "error" in outcome:

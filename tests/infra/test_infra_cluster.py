@@ -49,6 +49,7 @@ CONFIG: dict[str, Any] = {
         "epochs": 2,
         "batch_size": 8,
         "warmup_epochs": 1,
+        "folds": 1,
     },
 }
 

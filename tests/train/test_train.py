@@ -35,6 +35,7 @@ TINY = {
         "learning_rate": 3e-3,
         "warmup_epochs": 1,
         "early_stopping_patience": 100,
+        "folds": 1,
     },
     "ray": {"executor": "local", "num_cpus": 2},
 }
@@ -172,3 +173,63 @@ def test_tune_publishes_the_best_trial(shared_root: Path, ray_local: None) -> No
     assert result.best_val_auc == max(t.val_auc for t in trials)
     assert record.model.width == record.tune.best_config["width"]
     assert _weights(settings)
+
+
+def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
+    shared_root: Path, ray_local: None
+) -> None:
+    from lungcls.dataset.manifest import load_manifest
+    from lungcls.dataset.shards import read_shard_metadata
+    from lungcls.evaluate.evaluation import evaluate_model
+    from lungcls.train.ensemble import Ensemble
+    from lungcls.train.folds import read_oof_scores
+
+    settings = _prepared(shared_root, train={**TINY["train"], "epochs": 3, "folds": 3})
+    storage = Storage.from_settings(settings)
+    result = train_model(settings)
+    record = load_record(storage, settings.model.name)
+    cv = record.cross_validation
+    assert cv is not None and [f.fold for f in cv.folds] == [0, 1, 2]
+    assert result.cross_validation == cv and result.best_val_auc == cv.oof_auc
+
+    # Every train/val sample has exactly one out-of-fold score; no patient spans two folds.
+    manifest = load_manifest(storage, "lung-nodules")
+    pooled = [
+        read_shard_metadata(storage, s.path).to_pandas()
+        for split in ("train", "val")
+        for s in manifest.shards_of(split)
+    ]
+    samples = sorted(s for frame in pooled for s in frame["sample_id"])
+    oof = read_oof_scores(storage, record.folder)
+    assert sorted(oof["sample_id"]) == samples and "test" not in set(oof["split"])
+    assert oof.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sum(f.patients for f in cv.folds) == oof["patient_id"].nunique()
+    assert [f.positives + f.negatives for f in cv.folds] == list(
+        oof.groupby("fold").size().sort_index()
+    )
+
+    # The published network is the average of the fold models' logits, scripted alike.
+    model = load_model(storage, record)
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    x = torch.rand(3, 1, 16, 16, 16)
+    members = torch.stack([m(x) for m in model.members]).mean(dim=0)
+    assert torch.allclose(model(x), members, atol=1e-6)
+    scripted = torch.jit.load(str(Path(settings.root) / record.folder / "model.ts"))
+    assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+    # Evaluation fits calibration and the operating point on the out-of-fold scores.
+    report = evaluate_model(settings).report
+    assert report.operating_point.chosen_on.startswith("out-of-fold scores of 3 folds")
+    assert report.splits["oof"].samples == len(samples) and "val" not in report.splits
+
+    # A run killed after two folds resumes with the third only (kept folds are not redone).
+    run = load_run(storage, result.run_id)
+    run.model_copy(update={"status": "running", "model_version": None}).save(
+        storage, f"runs/{result.run_id}/train.json"
+    )
+    kept = storage.read_bytes(f"runs/{result.run_id}/folds/0.json")
+    storage.remove(f"runs/{result.run_id}/folds/2.json")
+    again = train_model(settings, resume=True)
+    assert again.run_id == result.run_id and again.model_version == 2
+    assert storage.read_bytes(f"runs/{result.run_id}/folds/0.json") == kept
+    assert storage.exists(f"runs/{result.run_id}/folds/2.json")
