@@ -3,6 +3,7 @@
     lungcls config                      print the resolved settings (secrets masked)
     lungcls synth --batch demo-001      write a synthetic batch of CT archives into the inbox
     lungcls import-images SRC --batch B --positive CLASS   image folders -> a DICOM batch
+    lungcls import-volumes SRC --batch B  NIfTI/MetaImage/NRRD volumes -> a DICOM batch
     lungcls ingest [--batch B] [--json] ingest new archives into the series store
     lungcls dataset build|list|show     versioned, validated, patient-split datasets
     lungcls train [--resume]            train a CNN with Ray Train; publish a candidate model

@@ -1,5 +1,5 @@
-"""`lungcls synth | import-images | ingest | dataset`: data into the inbox, the series store
-and dataset versions."""
+"""`lungcls synth | import-images | import-volumes | ingest | dataset`: data into the inbox,
+the series store and dataset versions."""
 
 from __future__ import annotations
 
@@ -68,6 +68,27 @@ def cmd_import_images(args: argparse.Namespace) -> int:
     )
     report_url = storage.url(result.report)
     return show(result, args.json, result.summary_lines(report_url))
+
+
+def cmd_import_volumes(args: argparse.Namespace) -> int:
+    import sys
+
+    from lungcls.ingest.deid import pseudonym_key
+    from lungcls.io.storage import Storage
+    from lungcls.sources.volumes import VolumeImportOptions, import_volumes
+
+    settings = settings_from(args)
+    options = VolumeImportOptions(
+        test_fraction=args.test_fraction, val_fraction=args.val_fraction, split=args.split
+    )
+    storage = Storage(args.out or settings.root, settings.s3_endpoint_url)
+    key = pseudonym_key(settings, storage)  # the key ingest will pseudonymise the batch with
+    result = import_volumes(args.source, storage, args.batch, options, key, settings.ingest.inbox)
+    show(result, args.json, result.summary_lines(storage.url(result.report)))
+    if result.volumes:
+        return 0
+    print("lungcls: nothing imported: every row or file was refused", file=sys.stderr)
+    return 3
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -205,9 +226,51 @@ def _register_import_images(commands: Commands) -> None:
     images.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
 
+def _register_import_volumes(commands: Commands) -> None:
+    volumes = add_command(
+        commands,
+        "import-volumes",
+        cmd_import_volumes,
+        "turn CT volumes (NIfTI, MetaImage, NRRD) and their labels.csv into an inbox batch of "
+        "DICOM CT series",
+    )
+    volumes.epilog = (
+        "SRC/labels.csv: one row per volume with file, patient_id, label (0/1); optional "
+        "mask (same grid), nodule_x_mm/nodule_y_mm/nodule_z_mm (SimpleITK's LPS mm: for NIfTI "
+        "the RAS affine's x and y negated) or nodule_i/nodule_j/nodule_k (voxel index), "
+        "diameter_mm, split (train/val/test, per patient); other columns are ignored. The "
+        "nodule center defaults to the mask's centroid, else the volume's center. Refused "
+        "rows and files are listed with a code; the others are imported, and the command "
+        "fails (exit 3) only when nothing was."
+    )
+    volumes.add_argument("source", help="local folder holding labels.csv and the volumes")
+    volumes.add_argument(
+        "--batch", required=True, help="batch folder name in the inbox (ingest.inbox)"
+    )
+    volumes.add_argument("--out", help="storage root to write to (default: the settings' root)")
+    volumes.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="share of each label's patients assigned to test (patients whose rows give no "
+        "split); default: no assigned split (keyed hash)",
+    )
+    volumes.add_argument(
+        "--val-fraction", type=float, default=0.0, help="share of those patients assigned to val"
+    )
+    volumes.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="assign this split to every patient whose rows give none (test: an external "
+        "set to evaluate a trained model on)",
+    )
+    volumes.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+
 def register(commands: Commands) -> None:
     _register_synth(commands)
     _register_import_images(commands)
+    _register_import_volumes(commands)
 
     ingest = add_command(commands, "ingest", cmd_ingest, "ingest new DICOM archives from the inbox")
     ingest.add_argument("--batch", help="only this batch folder (default: every batch)")

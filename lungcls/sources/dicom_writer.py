@@ -5,12 +5,14 @@
     members = [(f"{k + 1:04d}.dcm", dicom_bytes(ds)) for k, ds in enumerate(datasets)]
     storage.write_atomic(rel, pack_zip(members))
 
-Both makers of test and training data use it: `synth` (phantom volumes with fake identifiers,
-so that de-identification can be tested) and `import-images` (display images re-encoded as
-single-slice series). Every slice is a CT Image Storage file in Explicit VR Little Endian
-with the image plane, the pixel module (16 bits allocated, 12 stored, unsigned), the rescale
-to HU and a display window; the caller gives the stored values, where the slices lie, the
-pixel mapping, the UIDs, and a `header` of what the series is (patient, study, equipment).
+Every maker of test and training data uses it: `synth` (phantom volumes with fake
+identifiers, so that de-identification can be tested), `import-images` (display images
+re-encoded as single-slice series) and `import-volumes` (NIfTI/MetaImage/NRRD volumes, in
+any orientation: `SlicePlane.volume_grid`). Every slice is a CT Image Storage file in
+Explicit VR Little Endian with the image plane, the pixel module (16 bits allocated; 12
+stored unsigned, or 16 stored signed for HU as they are: `PixelFormat`), the rescale to HU
+and a display window; the caller gives the stored values, where the slices lie, the pixel
+mapping, the UIDs, and a `header` of what the series is (patient, study, equipment).
 
 The same input gives the same bytes: DICOM keeps decimals as text, so the text is fixed
 here, and archives carry fixed timestamps and no owner names. A regenerated batch then has
@@ -34,6 +36,7 @@ from lungcls.ingest.dicom_series import CT_IMAGE_STORAGE
 from lungcls.sources.phantom import Geometry
 
 STORED_MAX = 4095  # 12 bits stored
+DS_MAX_CHARACTERS = 16  # the longest decimal string DICOM allows
 _FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
@@ -66,20 +69,55 @@ def nominal_rescale(window: tuple[float, float]) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class PixelFormat:
+    """How stored values are kept: BitsStored (of 16 allocated) and PixelRepresentation."""
+
+    bits_stored: int
+    signed: bool
+
+    @property
+    def range(self) -> tuple[int, int]:
+        """The smallest and largest stored value."""
+        if self.signed:
+            return -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1
+        return 0, 2**self.bits_stored - 1
+
+
+UNSIGNED_12 = PixelFormat(12, signed=False)  # synth, import-images
+SIGNED_16 = PixelFormat(16, signed=True)  # any int16 HU stored as it is (import-volumes)
+
+
+def decimal_text(value: float) -> str:
+    """A number as a DICOM decimal string (at most 16 characters), to 10 significant digits
+    where they fit; -0 is written 0."""
+    value = float(value) + 0.0
+    for digits in range(10, 0, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= DS_MAX_CHARACTERS:
+            return text
+    raise ValueError(f"{value!r} cannot be written as a DICOM decimal string")
+
+
+@dataclass(frozen=True)
 class SlicePlane:
-    """Where the slices of an axial series lie, as the decimal text their files carry.
+    """Where the slices of a series lie, as the decimal text their files carry.
 
     Attributes:
         positions: ImagePositionPatient (x, y, z in mm) of each slice's first pixel.
         pixel_spacing: PixelSpacing (row spacing, column spacing) in mm.
         slice_thickness: SliceThickness in mm.
         slice_locations: SliceLocation of each slice; None writes none.
+        orientation: ImageOrientationPatient (row cosines, then column cosines); None writes
+            the axial (1, 0, 0, 0, 1, 0).
+        spacing_between_slices: SpacingBetweenSlices in mm; None writes none.
     """
 
     positions: tuple[tuple[str, str, str], ...]
     pixel_spacing: tuple[str, str]
     slice_thickness: str
     slice_locations: tuple[str, ...] | None = None
+    orientation: tuple[str, ...] | None = None
+    spacing_between_slices: str | None = None
 
     # The two layouts below differ only in the digits of their text (the volume's spacing
     # to 6 significant digits, the image's to 10 and its z as "0"): both date from before
@@ -110,6 +148,31 @@ class SlicePlane:
             slice_thickness=f"{thickness_mm:g}",
         )
 
+    @classmethod
+    def volume_grid(
+        cls,
+        positions_xyz_mm: np.ndarray,
+        row_cosines: np.ndarray,
+        column_cosines: np.ndarray,
+        pixel_spacing_mm: tuple[float, float],
+        slice_step_mm: float,
+    ) -> SlicePlane:
+        """The slices of a volume in any orientation (imported volumes), at the positions
+        given (one row of x, y, z per slice, in the order ingest sorts them: along row
+        cosines x column cosines). `pixel_spacing_mm`: (row spacing, column spacing);
+        SliceThickness and SpacingBetweenSlices are the slice step (a volume file keeps no
+        thickness)."""
+        cosines = [0.0 if abs(v) < 1e-12 else float(v) for v in (*row_cosines, *column_cosines)]
+        return cls(
+            positions=tuple(
+                (decimal_text(x), decimal_text(y), decimal_text(z)) for x, y, z in positions_xyz_mm
+            ),
+            pixel_spacing=(decimal_text(pixel_spacing_mm[0]), decimal_text(pixel_spacing_mm[1])),
+            slice_thickness=decimal_text(slice_step_mm),
+            orientation=tuple(decimal_text(v) for v in cosines),
+            spacing_between_slices=decimal_text(slice_step_mm),
+        )
+
 
 @dataclass(frozen=True)
 class SeriesUids:
@@ -127,16 +190,19 @@ def ct_series(
     mapping: PixelMapping,
     uids: SeriesUids,
     header: Dataset,
+    pixel_format: PixelFormat = UNSIGNED_12,
 ) -> list[Dataset]:
     """One CT Image Storage dataset per slice of `stored` (z, y, x), ready to save.
 
     Args:
-        stored: Stored pixel values, integers in 0..4095 (HU come from `mapping`).
+        stored: Stored pixel values, integers in the range of `pixel_format` (0..4095 by
+            default; HU come from `mapping`).
         plane: Where each slice lies; one position per slice.
         mapping: Stored value -> HU, and the display window.
         uids: The series' UIDs; one instance UID per slice.
         header: Attributes every slice carries besides these: patient, study, equipment,
             descriptions. Copied, never changed.
+        pixel_format: How the stored values are kept (`UNSIGNED_12` or `SIGNED_16`).
     """
     slices = stored.shape[0] if stored.ndim == 3 else 0
     if not slices or len(plane.positions) != slices or len(uids.instances) != slices:
@@ -144,10 +210,13 @@ def ct_series(
             f"stored values of shape {stored.shape} need (slices, rows, columns) with one "
             f"position ({len(plane.positions)}) and one UID ({len(uids.instances)}) per slice"
         )
-    if stored.min() < 0 or stored.max() > STORED_MAX:
-        raise ValueError(f"stored values must lie in 0..{STORED_MAX} (12 bits stored)")
-    pixels = stored.astype("<u2")
-    return [_ct_slice(pixels, k, plane, mapping, uids, header) for k in range(slices)]
+    low, high = pixel_format.range
+    if stored.min() < low or stored.max() > high:
+        raise ValueError(
+            f"stored values must lie in {low}..{high} ({pixel_format.bits_stored} bits stored)"
+        )
+    pixels = stored.astype("<i2" if pixel_format.signed else "<u2")
+    return [_ct_slice(pixels, k, plane, mapping, uids, header, pixel_format) for k in range(slices)]
 
 
 def _ct_slice(
@@ -157,6 +226,7 @@ def _ct_slice(
     mapping: PixelMapping,
     uids: SeriesUids,
     header: Dataset,
+    pixel_format: PixelFormat,
 ) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
@@ -174,16 +244,19 @@ def _ct_slice(
     ds.Modality = "CT"
     ds.InstanceNumber = k + 1
     ds.ImagePositionPatient = list(plane.positions[k])
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImageOrientationPatient = list(plane.orientation or (1, 0, 0, 0, 1, 0))
     if plane.slice_locations is not None:
         ds.SliceLocation = plane.slice_locations[k]
     ds.SliceThickness = plane.slice_thickness
+    if plane.spacing_between_slices is not None:
+        ds.SpacingBetweenSlices = plane.spacing_between_slices
     ds.PixelSpacing = list(plane.pixel_spacing)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
+    ds.BitsAllocated, ds.BitsStored = 16, pixel_format.bits_stored
+    ds.HighBit = pixel_format.bits_stored - 1
+    ds.PixelRepresentation = int(pixel_format.signed)
     ds.RescaleSlope, ds.RescaleIntercept = mapping.rescale_text
     ds.RescaleType = "HU"
     ds.WindowCenter = f"{mapping.window_center:g}"
