@@ -57,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         }
         print(json.dumps(key, indent=2))
         return 0
-    print(report.headline())
+    print(report.headline(settings.promotion.max_fold_spread))
     print(report.key_metrics_caption() + ":")
     for row in report.key_metrics_rows():
         print("  " + _metric_line(row))

@@ -2,10 +2,14 @@
 
 Each round resamples the patients with replacement and keeps all samples of each drawn
 patient, so samples of one patient, which are correlated, never count as independent
-evidence. The bootstrap cannot call scikit-learn once per round and metric (about 15 ms per
-round, so 15 s for 1000 rounds), so it draws every round's patient multiplicities at once and
-evaluates the same definitions as weighted sums over the original samples
-(`_weighted_metrics`); the tests check it against `binary_metrics` on materialised resamples.
+evidence. An interval needs `min_patients_per_class` patients of each class its metric is
+measured on (`METRIC_CLASSES`); with fewer it is not estimable (nan), and a round that drew
+no patient of such a class is left out for that metric rather than scored 0.
+
+The bootstrap cannot call scikit-learn once per round and metric (about 15 ms per round, so
+15 s for 1000 rounds), so it draws every round's patient multiplicities at once and evaluates
+the same definitions as weighted sums over the original samples (`_weighted_metrics`); the
+tests check it against `binary_metrics` on materialised resamples.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from lungcls.evaluate.metrics import (
     ECE_BINS,
+    METRIC_CLASSES,
     METRIC_NAMES,
     check_predictions,
     has_both_classes,
+    patients_per_class,
     weighted_ece,
 )
 
@@ -152,13 +158,15 @@ def bootstrap_intervals(
     rounds: int,
     seed: int,
     level: float = 0.95,
+    min_patients_per_class: int = 1,
 ) -> dict[str, tuple[float, float]]:
     """Patient-level percentile bootstrap intervals for every `METRIC_NAMES` entry.
 
     Each round resamples the patients with replacement and keeps all samples of each drawn
     patient, so samples of one patient, which are correlated, never count as independent
-    evidence. Rounds where a metric is undefined (e.g. no positive patient drawn) are left out
-    for that metric only.
+    evidence. Rounds where a metric is undefined or that drew no patient of a class the metric
+    is measured on (`METRIC_CLASSES`: a resample of negatives only says nothing about PPV or
+    AUC) are left out for that metric only.
 
     Args:
         labels: True classes, 0 or 1.
@@ -168,19 +176,35 @@ def bootstrap_intervals(
         rounds: Bootstrap rounds.
         seed: Seed of the resampling; equal inputs and seed give equal intervals.
         level: Coverage of the intervals.
+        min_patients_per_class: Fewest patients of each class a metric is measured on for
+            its interval to be estimable (`evaluation.min_patients_per_class`).
 
     Returns:
-        Metric name -> (lower, upper); (nan, nan) if the metric was undefined in every round.
+        Metric name -> (lower, upper); (nan, nan) where the patients of a class the metric is
+        measured on are fewer than `min_patients_per_class`, or no round defined the metric.
     """
     y, s = check_predictions(labels, scores)
     check_level(level)
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
+    if min_patients_per_class < 1:
+        raise ValueError(f"min_patients_per_class must be >= 1, got {min_patients_per_class}")
+    have = patients_per_class(y, np.asarray(groups))
+    estimable = [
+        name
+        for name in METRIC_NAMES
+        if all(have[c] >= min_patients_per_class for c in METRIC_CLASSES[name])
+    ]
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in estimable}
     for weights in patient_resamples(groups, y.size, rounds, seed):
-        for name, values in _weighted_metrics(y, s, weights, threshold).items():
-            collected[name].append(values)
+        drawn = {1: weights @ y > 0, 0: weights @ (1 - y) > 0}
+        metrics = _weighted_metrics(y, s, weights, threshold)
+        for name in estimable:
+            classes_drawn = np.logical_and.reduce([drawn[c] for c in METRIC_CLASSES[name]])
+            collected[name].append(np.where(classes_drawn, metrics[name], np.nan))
     return {
-        name: _percentile_interval(np.concatenate(parts), level)
-        for name, parts in collected.items()
+        name: _percentile_interval(np.concatenate(collected[name]), level)
+        if name in collected
+        else (math.nan, math.nan)
+        for name in METRIC_NAMES
     }
 
 

@@ -41,8 +41,11 @@ from lungcls.evaluate.render import render_html, render_markdown
 from lungcls.evaluate.report import (
     BootstrapSettings,
     Calibration,
+    ClassSupport,
+    CrossValidationSummary,
     EvaluationReport,
     ExternalFacts,
+    FoldScore,
     MetricsAtThresholds,
     MetricsBlock,
     ModelCard,
@@ -57,6 +60,7 @@ from lungcls.registry.aliases import read_alias
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record
 from lungcls.train.folds import read_oof_scores
+from lungcls.train.runs import CrossValidation
 from lungcls.train.scoring import score_samples
 
 
@@ -124,6 +128,10 @@ def evaluate_model(
     else:
         scoring = _own_scores(storage, model, record, manifest, settings.evaluation)
     report = _report(record, manifest, scoring, settings.evaluation)
+    if record.cross_validation and "oof" in scoring.frames:
+        report.cross_validation = _cross_validation(
+            record.cross_validation, scoring.frames["oof"], settings.evaluation
+        )
     scored = scoring.frames[scoring.measured_on]
     plots = render_plots(
         scored["label"].to_numpy(),
@@ -135,7 +143,7 @@ def evaluate_model(
     )
     report.plots = sorted(plots)
     scores = pd.concat(list(scoring.frames.values()), ignore_index=True)
-    _write(storage, folder, report, plots, scores)
+    _write(storage, folder, report, plots, scores, settings.promotion.max_fold_spread)
     return Evaluation(report, folder, scores)
 
 
@@ -166,15 +174,17 @@ def _write(
     report: EvaluationReport,
     plots: dict[str, bytes],
     scores: pd.DataFrame,
+    spread: float | None,
 ) -> None:
-    """Plots, scores and documents first, report.json (the commit point) last."""
+    """Plots, scores and documents first, report.json (the commit point) last (`spread`:
+    the gate's fold-spread limit, against which the documents word disagreement)."""
     for file_name, data in plots.items():
         storage.write_atomic(f"{folder}/{file_name}", data)
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(scores, preserve_index=False), buffer)
     storage.write_atomic(f"{folder}/scores.parquet", buffer.getvalue())
-    storage.write_atomic(f"{folder}/report.md", render_markdown(report).encode())
-    storage.write_atomic(f"{folder}/report.html", render_html(report, plots).encode())
+    storage.write_atomic(f"{folder}/report.md", render_markdown(report, spread).encode())
+    storage.write_atomic(f"{folder}/report.html", render_html(report, plots, spread).encode())
     report.save(storage, f"{folder}/report.json")
 
 
@@ -223,6 +233,42 @@ def _report(
             rounds=e.bootstrap_rounds, seed=e.bootstrap_seed, unit="patient", level=0.95
         ),
         plots=[],
+        class_support=ClassSupport.of(
+            scored["label"].to_numpy(), scored["patient_id"].to_numpy(), e.min_patients_per_class
+        ),
+    )
+
+
+def _cross_validation(
+    cv: CrossValidation, oof: pd.DataFrame, e: EvaluationSettings
+) -> CrossValidationSummary:
+    """The folds' held-out AUCs and the pooled out-of-fold AUC with its patient-bootstrap
+    interval (raw scores: calibration does not change an AUC)."""
+    labels, scores = oof["label"].to_numpy(), oof["raw_score"].to_numpy()
+    patients = oof["patient_id"].to_numpy()
+    low, high = bootstrap_intervals(
+        labels,
+        scores,
+        patients,
+        0.5,
+        e.bootstrap_rounds,
+        e.bootstrap_seed,
+        min_patients_per_class=e.min_patients_per_class,
+    )["roc_auc"]
+    return CrossValidationSummary(
+        folds=[
+            FoldScore(
+                fold=f.fold,
+                patients=f.patients,
+                positives=f.positives,
+                negatives=f.negatives,
+                roc_auc=f.val_auc,
+                best_epoch=f.best_epoch,
+            )
+            for f in cv.folds
+        ],
+        oof_roc_auc=cv.oof_auc,
+        oof_roc_auc_ci95=(low, high),
     )
 
 
@@ -243,6 +289,7 @@ def _metrics_at(scored: pd.DataFrame, threshold: float, e: EvaluationSettings) -
         threshold,
         e.bootstrap_rounds,
         e.bootstrap_seed,
+        min_patients_per_class=e.min_patients_per_class,
     )
     return MetricsBlock(
         threshold=threshold, values=binary_metrics(labels, scores, threshold), ci95=intervals

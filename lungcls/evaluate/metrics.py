@@ -40,6 +40,13 @@ METRIC_NAMES: tuple[str, ...] = (
     "ece",
 )
 ECE_BINS = 10
+# The classes each metric is measured on: sensitivity only on patients with cancer,
+# specificity only on patients without; every other metric mixes both (it separates them, or
+# depends on how many of each there are), so its bootstrap interval needs both.
+METRIC_CLASSES: dict[str, tuple[int, ...]] = {
+    name: {"sensitivity": (1,), "specificity": (0,)}.get(name, (0, 1)) for name in METRIC_NAMES
+}
+CLASS_NAMES = {0: "without cancer", 1: "with cancer"}
 
 
 def check_predictions(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +66,19 @@ def has_both_classes(y: np.ndarray) -> bool:
     return bool(y.min() == 0 and y.max() == 1)
 
 
+def patients_per_class(labels: np.ndarray, groups: Sequence[str] | np.ndarray) -> dict[int, int]:
+    """Patients with at least one sample of each class: {0: without cancer, 1: with cancer}.
+
+    A patient with a benign and a malignant nodule counts for both classes, since the
+    bootstrap draws them for both.
+    """
+    y = np.asarray(labels).astype(int)
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups has shape {g.shape}, labels {y.shape}")
+    return {label: len(set(g[y == label].tolist())) for label in (0, 1)}
+
+
 def _bin_index(scores: np.ndarray, bins: int) -> np.ndarray:
     """Equal-width bin of each score on [0, 1]; a score of exactly 1 joins the last bin."""
     return np.minimum((scores * bins).astype(int), bins - 1)
@@ -67,9 +87,10 @@ def _bin_index(scores: np.ndarray, bins: int) -> np.ndarray:
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """Every `METRIC_NAMES` entry plus confusion counts at one threshold.
 
-    Ratios with a zero denominator (e.g. PPV with no predicted positive) are 0.0, scikit-learn's
-    `zero_division=0.0`. Metrics that need both classes (ROC AUC, PR AUC, balanced accuracy)
-    are nan when only one is present rather than raising or averaging over one class.
+    Ratios with a zero denominator (sensitivity without positives, PPV with no predicted
+    positive) are nan, not estimable, never a made-up 0.0. Metrics that need both classes (ROC
+    AUC, PR AUC, balanced accuracy) are nan when only one is present rather than raising or
+    averaging over one class.
 
     Args:
         labels: True classes, 0 or 1.
@@ -85,11 +106,11 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
     return {
         "accuracy": float(accuracy_score(y, predicted)),
-        "sensitivity": float(recall_score(y, predicted, pos_label=1, zero_division=0.0)),
-        "specificity": float(recall_score(y, predicted, pos_label=0, zero_division=0.0)),
-        "ppv": float(precision_score(y, predicted, pos_label=1, zero_division=0.0)),
-        "npv": float(precision_score(y, predicted, pos_label=0, zero_division=0.0)),
-        "f1": float(f1_score(y, predicted, zero_division=0.0)),
+        "sensitivity": float(recall_score(y, predicted, pos_label=1, zero_division=np.nan)),
+        "specificity": float(recall_score(y, predicted, pos_label=0, zero_division=np.nan)),
+        "ppv": float(precision_score(y, predicted, pos_label=1, zero_division=np.nan)),
+        "npv": float(precision_score(y, predicted, pos_label=0, zero_division=np.nan)),
+        "f1": float(f1_score(y, predicted, zero_division=np.nan)),
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted)) if both else math.nan,
         "roc_auc": float(roc_auc_score(y, s)) if both else math.nan,
         "pr_auc": float(average_precision_score(y, s)) if both else math.nan,

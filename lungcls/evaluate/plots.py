@@ -15,7 +15,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
 from lungcls.evaluate.bootstrap import roc_band
-from lungcls.evaluate.metrics import ECE_BINS, binary_metrics, calibration_bins
+from lungcls.evaluate.metrics import (
+    ECE_BINS,
+    binary_metrics,
+    calibration_bins,
+    has_both_classes,
+)
 
 PLOTS: dict[str, str] = {
     "roc.png": "ROC curve with bootstrap band",
@@ -31,6 +36,15 @@ def _png(figure: Figure) -> bytes:
     # No Software/date metadata, so equal inputs give byte-identical files.
     figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     return buffer.getvalue()
+
+
+def _not_estimable_plot(title: str) -> bytes:
+    """A placeholder for a curve that needs both classes, saying why it is missing."""
+    figure = Figure(figsize=(5, 5), layout="constrained")
+    axes = figure.subplots()
+    axes.text(0.5, 0.5, "not estimable:\nthe samples hold one class only", ha="center")
+    axes.set(title=title, xticks=[], yticks=[])
+    return _png(figure)
 
 
 def _roc_plot(
@@ -161,7 +175,8 @@ def render_plots(
     """PNG plots of one split's predictions, keyed by file name (the keys of `PLOTS`).
 
     Args:
-        labels: True classes, 0 or 1; both must be present.
+        labels: True classes, 0 or 1; with one class only, the ROC and precision-recall
+            plots say they are not estimable.
         scores: Predicted probabilities of class 1.
         groups: Patient pseudonym of each sample, used only for resampling, never drawn.
         threshold: The operating threshold marked on the plots.
@@ -174,9 +189,12 @@ def render_plots(
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=float)
     at = binary_metrics(y, s, threshold)
+    both = has_both_classes(y)
     return {
-        "roc.png": _roc_plot(y, s, groups, threshold, at, rounds, seed),
-        "pr.png": _pr_plot(y, s, threshold, at),
+        "roc.png": _roc_plot(y, s, groups, threshold, at, rounds, seed)
+        if both
+        else _not_estimable_plot("ROC curve"),
+        "pr.png": _pr_plot(y, s, threshold, at) if both else _not_estimable_plot("PR curve"),
         "reliability.png": _reliability_plot(y, s, at),
         "scores.png": _score_plot(y, s, threshold),
         "confusion.png": _confusion_plot(at, threshold),

@@ -2,7 +2,8 @@
 one self-contained HTML page (`report.html`).
 
 Both formats are written from one list of sections (`_sections`) built from the typed
-`EvaluationReport`, so they never disagree.
+`EvaluationReport`, so they never disagree. A number the samples cannot support is written
+"not estimable (needs N more patients with cancer)", never as a number.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from lungcls.evaluate.metrics import ECE_BINS, METRIC_NAMES
 from lungcls.evaluate.plots import PLOTS
 from lungcls.evaluate.report import (
     BootstrapSettings,
+    ClassSupport,
+    CrossValidationSummary,
     EvaluationReport,
     MetricsAtThresholds,
     MetricsBlock,
@@ -71,12 +74,23 @@ class _Section:
     blocks: list[str | _Table | list[str]] = field(default_factory=list)
 
 
-def _with_interval(value: float | None, interval: Sequence[float | None] | None) -> str:
-    """Formats as `0.912 (0.850–0.967)`; the interval is left out when absent or undefined."""
+def _with_interval(
+    value: float | None,
+    interval: Sequence[float | None] | None,
+    not_estimable: str | None = None,
+) -> str:
+    """Formats as `0.912 (0.850–0.967)`. An undefined value or interval is left out, or, with
+    `not_estimable` (why, from `ClassSupport.not_estimable`), said to be not estimable."""
     text = number(value)
+    if value is None and not_estimable:
+        return not_estimable
     if interval is None or len(interval) != 2 or "n/a" in map(number, interval):
-        return text
+        return f"{text}; interval {not_estimable}" if not_estimable else text
     return f"{text} ({number(interval[0])}–{number(interval[1])})"
+
+
+def _reason(support: ClassSupport | None, metric: str) -> str | None:
+    return support.not_estimable(metric) if support else None
 
 
 def _block_title(key: str, block: MetricsBlock) -> str:
@@ -127,7 +141,9 @@ def _blocks(metrics: MetricsAtThresholds) -> dict[str, MetricsBlock]:
     return {"at_0.5": metrics.at_half, "at_operating_point": metrics.at_operating_point}
 
 
-def _metrics(metrics: MetricsAtThresholds, bootstrap: BootstrapSettings) -> list[_Section]:
+def _metrics(
+    metrics: MetricsAtThresholds, bootstrap: BootstrapSettings, support: ClassSupport | None
+) -> list[_Section]:
     blocks = _blocks(metrics)
     names = [n for n in METRIC_NAMES if any(n in b.values for b in blocks.values())]
     header = ["metric", "key"] + [
@@ -135,10 +151,19 @@ def _metrics(metrics: MetricsAtThresholds, bootstrap: BootstrapSettings) -> list
     ]
     rows = [
         [METRIC_LABELS[name], name]
-        + [_with_interval(b.values.get(name), b.ci95.get(name)) for b in blocks.values()]
+        + [
+            _with_interval(b.values.get(name), b.ci95.get(name), _reason(support, name))
+            for b in blocks.values()
+        ]
         for name in names
     ]
     table = _Section("Metrics", [_Table(header, rows, numeric_from=2)])
+    if support is not None and not support.estimable:
+        table.blocks.insert(
+            0,
+            f"Too few patients: the evaluated samples hold {support.counts()}; intervals of "
+            f"metrics measured on the short class are {support.not_estimable()}.",
+        )
     table.blocks.append(
         f"Intervals: {bootstrap.unit}-level percentile bootstrap, {bootstrap.rounds} rounds, "
         f"seed {bootstrap.seed}."
@@ -159,6 +184,31 @@ def _metrics(metrics: MetricsAtThresholds, bootstrap: BootstrapSettings) -> list
             ),
         ]
     return [table, confusion] if confusion.blocks else [table]
+
+
+def _cross_validation(cv: CrossValidationSummary, spread_limit: float | None) -> _Section:
+    header = ["fold", "patients", "positives", "negatives", "ROC AUC", "best epoch"]
+    rows = [
+        [str(c) for c in (f.fold, f.patients, f.positives, f.negatives)]
+        + [number(f.roc_auc), str(f.best_epoch)]
+        for f in cv.folds
+    ]
+    spread = number(cv.spread) if cv.spread is not None else f"not estimable: {cv.why_no_spread()}"
+    summary = (
+        f"Spread of the fold ROC AUCs (max − min): {spread}. Pooled out-of-fold ROC AUC "
+        f"(patient bootstrap 95 % CI): {_with_interval(cv.oof_roc_auc, cv.oof_roc_auc_ci95)}."
+    )
+    section = _Section(
+        "Cross-validation",
+        [
+            "Patient-grouped folds over train and validation, each fold's model scored on "
+            "patients it never saw; n/a: a fold without both classes.",
+            _Table(header, rows),
+            summary,
+        ],
+    )
+    section.blocks += filter(None, [cv.disagreement(spread_limit)])
+    return section
 
 
 def _subgroups(rows: list[SubgroupRow]) -> _Section:
@@ -215,9 +265,11 @@ def _title(report: EvaluationReport) -> str:
     return f"Evaluation of {model.name} v{model.version} on {report.dataset}"
 
 
-def _sections(report: EvaluationReport) -> list[_Section]:
+def _sections(report: EvaluationReport, fold_spread_limit: float | None) -> list[_Section]:
     sections = [_overview(report), _operating_point(report.operating_point)]
-    sections += _metrics(report.metrics, report.bootstrap)
+    sections += _metrics(report.metrics, report.bootstrap, report.class_support)
+    if report.cross_validation is not None:
+        sections.append(_cross_validation(report.cross_validation, fold_spread_limit))
     if report.subgroups:
         sections.append(_subgroups(report.subgroups))
     if report.contracts:
@@ -252,17 +304,19 @@ def _markdown_block(block: str | _Table | list[str]) -> str:
     return block
 
 
-def render_markdown(report: EvaluationReport) -> str:
+def render_markdown(report: EvaluationReport, fold_spread_limit: float | None = None) -> str:
     """The evaluation report as Markdown, linking the plots written beside it.
 
     Args:
         report: The evaluation report.
+        fold_spread_limit: Spread of the folds' ROC AUCs above which the report says they
+            disagree (`promotion.max_fold_spread`; None: `DEFAULT_FOLD_SPREAD_LIMIT`).
 
     Returns:
         Markdown text ending in a newline.
     """
     parts = [f"# {_title(report)}"]
-    for section in _sections(report):
+    for section in _sections(report, fold_spread_limit):
         parts.append(f"## {section.title}")
         parts += [_markdown_block(block) for block in section.blocks]
     parts.append("## Plots")
@@ -309,7 +363,9 @@ def _figure(name: str, png: bytes) -> str:
     )
 
 
-def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
+def render_html(
+    report: EvaluationReport, images: dict[str, bytes], fold_spread_limit: float | None = None
+) -> str:
     """The evaluation report as one self-contained HTML page.
 
     Styles are inline and every image is embedded as a data URI, so the page shows everything
@@ -319,13 +375,14 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
     Args:
         report: The evaluation report.
         images: File name -> PNG bytes, e.g. from `render_plots`.
+        fold_spread_limit: As for `render_markdown`.
 
     Returns:
         The HTML document.
     """
     title = html.escape(_title(report))
     body = [f"<h1>{title}</h1>"]
-    for section in _sections(report):
+    for section in _sections(report, fold_spread_limit):
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         body += [_html_block(block) for block in section.blocks]
     if images:

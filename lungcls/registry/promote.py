@@ -5,10 +5,14 @@
 
 Absolute gates come from `promotion.*` and are read from the candidate's evaluation on its
 own dataset version: sensitivity at the operating point, the lower CI bound of ROC AUC,
-calibration error, and that the dataset's contracts were applied. Non-inferiority: the
-champion is scored on the same test split and a paired patient-level bootstrap of
-AUC(candidate) - AUC(champion) must have its lower bound above -margin. Every decision —
-promoted, rejected, lost a race, rolled back — is logged with every gate and its numbers.
+calibration error, that the dataset's contracts were applied, and that the cross-validation
+folds agree (`max_fold_spread`). Non-inferiority: the champion is scored on the same test
+split and a paired patient-level bootstrap of AUC(candidate) - AUC(champion) must have its
+lower bound above -margin. A test split with fewer patients of a class than
+`evaluation.min_patients_per_class` supports none of the test-metric gates: it fails
+`test_split_too_small` instead, and those gates are not judged (they would fail on numbers
+that mean nothing). Every decision — promoted, rejected, lost a race, rolled back — is logged
+with every gate and its numbers.
 """
 
 from __future__ import annotations
@@ -27,21 +31,56 @@ from lungcls.registry.decisions import Decision, Gate, Outcome, log_decision
 from lungcls.registry.store import load_record
 
 CHAMPION = "champion"
+# Gates that read the test split's metrics: judged only when the split supports them.
+TEST_METRIC_GATES = ("min_sensitivity", "min_auc_lower_ci", "max_ece", "non_inferiority")
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")  # orders the log
 
 
+def _split_supports_gates(report: EvaluationReport) -> bool:
+    """Whether the test split has enough patients of each class for the test-metric gates
+    (a report written before patients were counted per class is judged as before)."""
+    return report.class_support is None or report.class_support.estimable
+
+
 def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate]:
+    gates = [_split_gate(report)]
+    if _split_supports_gates(report):
+        gates += _test_metric_gates(report, p)
+    gates += [_contracts_gate(report), _fold_spread_gate(report, p.max_fold_spread)]
+    return gates
+
+
+def _split_gate(report: EvaluationReport) -> Gate:
+    support = report.class_support
+    if support is None:
+        return Gate(
+            name="test_split_too_small",
+            passed=True,
+            value=None,
+            limit=None,
+            detail="not recorded: the report predates patient counts per class "
+            "(`lungcls evaluate --force` counts them)",
+        )
+    detail = f"{report.scope} has {support.counts()}"
+    if not support.estimable:
+        detail += f": {support.shortfall()}; not judged on it: {', '.join(TEST_METRIC_GATES)}"
+    return Gate(
+        name="test_split_too_small",
+        passed=support.estimable,
+        value=min(support.patients_with_cancer, support.patients_without_cancer),
+        limit=support.needed_per_class,
+        detail=detail,
+    )
+
+
+def _test_metric_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate]:
     at_op = report.metrics.at_operating_point
     sensitivity = at_op.values["sensitivity"]
     auc, (auc_low, _) = at_op.values["roc_auc"], at_op.ci95["roc_auc"]
     ece = at_op.values["ece"]
-    applied = all(
-        name in report.contracts and report.contracts[name].evaluated_expectations > 0
-        for name in ("series_metadata", "tensor")
-    )
     target = report.operating_point.target_sensitivity
     return [
         Gate(
@@ -66,16 +105,46 @@ def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate
             limit=p.max_ece,
             detail=f"expected calibration error {number(ece)}",
         ),
-        Gate(
-            name="contracts_passed",
-            passed=applied,
-            value=None,
-            limit=None,
-            detail="series_metadata and tensor contracts were applied to the dataset version"
-            if applied
-            else "the dataset version does not record both contracts",
-        ),
     ]
+
+
+def _contracts_gate(report: EvaluationReport) -> Gate:
+    applied = all(
+        name in report.contracts and report.contracts[name].evaluated_expectations > 0
+        for name in ("series_metadata", "tensor")
+    )
+    return Gate(
+        name="contracts_passed",
+        passed=applied,
+        value=None,
+        limit=None,
+        detail="series_metadata and tensor contracts were applied to the dataset version"
+        if applied
+        else "the dataset version does not record both contracts",
+    )
+
+
+def _fold_spread_gate(report: EvaluationReport, limit: float | None) -> Gate:
+    """The folds' ROC AUCs must agree within `limit`; passes when there is nothing to
+    compare (no cross-validation, or fewer than two folds with an estimable AUC)."""
+    cv = report.cross_validation
+
+    def gate(passed: bool, value: float | None, detail: str) -> Gate:
+        return Gate(name="max_fold_spread", passed=passed, value=value, limit=limit, detail=detail)
+
+    if cv is None:
+        return gate(
+            True, None, "no cross-validation was run (train.folds = 1): no folds to compare"
+        )
+    spread = cv.spread
+    if spread is None:
+        return gate(True, None, f"spread not estimable: {cv.why_no_spread()}")
+    aucs = ", ".join(number(f.roc_auc) for f in cv.folds)
+    if limit is None:
+        return gate(True, spread, f"fold ROC AUCs {aucs}: spread {spread:.3f}; not gated")
+    detail = f"fold ROC AUCs {aucs}: spread {spread:.3f}, limit {limit:.3f}"
+    disagreement = cv.disagreement(limit)
+    return gate(spread <= limit, spread, f"{detail}. {disagreement}" if disagreement else detail)
 
 
 def _at_least(value: float | None, limit: float) -> bool:
@@ -142,7 +211,8 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
     at, decision_id = _now(), secrets.token_hex(4)
     evaluation = evaluate_model(settings, name, record.version)
     gates = _absolute_gates(evaluation.report, settings.promotion)
-    if state.version is not None and state.version != record.version:
+    challenges = state.version is not None and state.version != record.version
+    if challenges and _split_supports_gates(evaluation.report):
         gates.append(_non_inferiority(settings, evaluation, state.version))
     outcome: Outcome
     if any(not g.passed for g in gates):

@@ -14,7 +14,7 @@ from pydantic import SerializerFunctionWrapHandler, model_serializer
 from lungcls.config import ModelSettings, TrainSettings
 from lungcls.dataset.manifest import DatasetRef, PreprocessInfo
 from lungcls.io.records import Part, Record
-from lungcls.train.runs import CrossValidation, EpochMetrics
+from lungcls.train.runs import CrossValidation, EpochMetrics, trained_before_folds
 
 
 class BestEpoch(Part):
@@ -84,6 +84,10 @@ class ModelRecord(Record):
     cross_validation: CrossValidation | None = None
     name: str = ""
     version: int = 0
+
+    @classmethod
+    def upgrade(cls, raw: object) -> object:
+        return trained_before_folds(raw)
 
     @model_serializer(mode="wrap")
     def _optional_parts_only_when_present(self, handler: SerializerFunctionWrapHandler) -> Any:

@@ -76,6 +76,14 @@ class History(Record):
         return {"schema": cls.SCHEMA, "epochs": raw} if isinstance(raw, list) else raw
 
 
+def trained_before_folds(raw: object) -> object:
+    """A record's `train` settings from before cross-validation existed: they trained one
+    model on the train split and stopped on val, which is `folds: 1` (the default now is 5)."""
+    if isinstance(raw, dict) and isinstance(raw.get("train"), dict):
+        raw = {**raw, "train": {"folds": 1, **raw["train"]}}
+    return raw
+
+
 def history_path(run_id: str) -> str:
     return f"{TRAIN_RUNS}/{run_id}/history.json"
 
@@ -109,6 +117,10 @@ class TrainRun(Record):
         if self.model_version is None:  # as 0.1.0 wrote it: no key until there is a version
             data.pop("model_version", None)
         return data
+
+    @classmethod
+    def upgrade(cls, raw: object) -> object:
+        return trained_before_folds(raw)
 
     def fits(self, settings: Settings) -> bool:
         """Whether the run's checkpoints fit `settings` (same training and model settings)."""

@@ -57,8 +57,11 @@ def test_model_record_of_0_1_0_loads_typed(old_root: Path) -> None:
     assert [e.epoch for e in record.history] == [0, 1] and record.tune is None
     manifest = load_manifest(storage, "lung-nodules", 1)
     assert versions_trained_on(storage, MODEL, manifest.ref) == [1]
-    # Rewritten, the record keeps 0.1.0's keys, in 0.1.0's order, without a `tune` key.
-    assert json.loads(record.to_json()) == json.loads(storage.read_bytes(MODEL_JSON))
+    # Rewritten, the record keeps 0.1.0's keys, in 0.1.0's order, without a `tune` key; its
+    # training settings say what 0.1.0 did: one model, stopped on val (`folds: 1`).
+    assert record.train.folds == 1 and record.members == 1
+    old = json.loads(storage.read_bytes(MODEL_JSON))
+    assert json.loads(record.to_json()) == {**old, "train": {"folds": 1, **old["train"]}}
 
 
 def test_report_decision_and_alias_of_0_1_0_load_typed(old_root: Path) -> None:

@@ -256,7 +256,7 @@ def test_champion_scores_another_imported_batch(tmp_path: Path, capsys) -> None:
         dataset={"name": "home", "batches": ["a"]},
         model={"width": 8, "depth": 2},
         promotion=relaxed,
-        evaluation={"bootstrap_rounds": 200},
+        evaluation={"bootstrap_rounds": 200, "min_patients_per_class": 1},
     )
     config = tmp_path / "lungcls.yaml"
     config.write_text(yaml.safe_dump({**settings.masked(), "pseudonym_key": TEST_KEY}))
