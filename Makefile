@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo run test lint bench bench-real server deploy worker screenshot clean stack stack-down
+.PHONY: setup demo run test lint bench bench-real bench-lidc server deploy worker screenshot clean stack stack-down
 
 setup: $(STAMP)
 
@@ -72,6 +72,11 @@ stack-down:
 # Real CT slices (../shared/data/iq-othnccd) through import, ingest, build, train, evaluate.
 bench-real: setup
 	$(BIN)/python bench/real_iqothnccd.py --sweep
+
+# Real 3D nodules (../shared/data/lidc-nodules) through import-volumes, ingest, build, train,
+# evaluate and promote, as a 5-fold patient-level cross-validation (configs/lidc.yaml).
+bench-lidc: setup
+	$(BIN)/python bench/real_lidc.py
 
 clean:
 	test ! -f $(WORK)/stack/stack.json || $(BIN)/python -m infra.local.stack down
