@@ -138,8 +138,18 @@ class TrainSettings(BaseModel):
     warmup_epochs: int = 2
     grad_clip_norm: float = 1.0
     augment_strength: float = Field(1.0, description="0 = no augmentation; scales all of it.")
+    augment_quarter_turns: bool = Field(
+        False,
+        description="Also rotate by random multiples of 90 degrees in-plane (nodule patches "
+        "have no preferred direction; needs a square in-plane shape).",
+    )
     class_balance: Literal["weights", "none"] = "weights"
     early_stopping_patience: int = Field(10, description="Epochs without a better val AUC.")
+    select_epoch: Literal["best", "last"] = Field(
+        "best",
+        description="Publish the epoch with the best val AUC, or the last one (a fixed epoch "
+        "count: small, noisy validation folds pick erratic epochs; see configs/lidc.yaml).",
+    )
     folds: int = Field(
         5,
         ge=1,

@@ -1,7 +1,9 @@
 """On-the-fly augmentation of batches of CT tensors, 2D or 3D, from a seeded generator.
 
 Per sample: flips along each spatial axis, a small in-plane (axial) rotation, a small
-shift, and intensity jitter; `strength` scales all of it (0 turns it off). One
+shift, and intensity jitter; `strength` scales all of it (0 turns it off). Optional:
+`quarter_turns` adds a random multiple of 90 degrees to the in-plane rotation (a nodule has
+no preferred in-plane direction; the patch must be square in-plane). One
 `affine_grid`/`grid_sample` call does rotation and shift together, so a batch costs one
 interpolation. The same generator state gives the same augmentation: runs are repeatable.
 """
@@ -18,7 +20,13 @@ MAX_SHIFT_FRACTION = 0.06
 GAIN_STD, OFFSET_STD = 0.05, 0.03
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    strength: float,
+    *,
+    quarter_turns: bool = False,
+) -> torch.Tensor:
     """Augment a batch (N, C, H, W) or (N, C, D, H, W) of values in [0, 1]."""
     if strength <= 0:
         return x
@@ -32,6 +40,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: float) -> tor
     shift = uniform(n, spatial) * 2 * MAX_SHIFT_FRACTION * strength
     gain = 1 + torch.randn(n, generator=generator) * GAIN_STD * strength
     offset = torch.randn(n, generator=generator) * OFFSET_STD * strength
+    # Drawn only when asked for, so that the default draws (and runs) stay as they were.
+    if quarter_turns:
+        angle = angle + torch.randint(0, 4, (n,), generator=generator) * (math.pi / 2)
 
     # Affine in normalised coordinates; grid axes are (x, y[, z]) = last axes first.
     theta = torch.zeros(n, spatial, spatial + 1)

@@ -51,6 +51,7 @@ class StepOptions:
 
     device: torch.device = CPU
     augment_strength: float = 0.0
+    quarter_turns: bool = False  # also random in-plane multiples of 90 degrees
     generator: torch.Generator | None = None  # required when augment_strength > 0
     grad_clip_norm: float | None = None
     amp: bool = False  # bf16 autocast: worth it on GPUs only
@@ -104,7 +105,9 @@ def train_step(
     if options.augment_strength > 0:
         if options.generator is None:
             raise ValueError("augmentation needs a seeded generator (StepOptions.generator)")
-        x = augment(x, options.generator, options.augment_strength)
+        x = augment(
+            x, options.generator, options.augment_strength, quarter_turns=options.quarter_turns
+        )
     x, y = x.to(options.device), batch["label"].to(options.device)
     with torch.autocast(options.device.type, dtype=torch.bfloat16, enabled=options.amp):
         loss = loss_fn(model(x), y)

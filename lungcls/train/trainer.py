@@ -232,20 +232,23 @@ def publish_best(
 def best_epoch(
     result: Result, train: TrainSettings, run_id: str
 ) -> tuple[dict[str, torch.Tensor], BestEpoch, list[EpochMetrics]]:
-    """The weights of a finished run's best epoch (val AUC; among ties, which small val
-    sets make common, the lowest val loss), that epoch, and the run's whole history."""
+    """The weights of the epoch a finished run publishes, that epoch, and the run's whole
+    history. `train.select_epoch` "best": the best val AUC (among ties, which small val sets
+    make common, the lowest val loss); "last": the last epoch run."""
     if result.error is not None:
         raise TrainError(f"training run {run_id} failed: {result.error}")
+    latest = load_checkpoint(result.checkpoint)  # the latest has every epoch's metrics
+    history = TrainingState.from_payload(latest["state"], train.early_stopping_patience).history
+    if train.select_epoch == "last":
+        last = history[-1]
+        return latest["model"], BestEpoch(epoch=last.epoch, val_auc=last.val_auc), history
     best_checkpoint, best_metrics = max(
         result.best_checkpoints,
         key=lambda pair: (_finite(pair[1]["val_auc"]), -pair[1]["val_loss"]),
     )
-    weights = load_checkpoint(best_checkpoint)["model"]
-    latest = load_checkpoint(result.checkpoint)["state"]  # the latest has every epoch
-    history = TrainingState.from_payload(latest, train.early_stopping_patience).history
     auc = best_metrics["val_auc"]
     best = BestEpoch(epoch=int(best_metrics["epoch"]), val_auc=None if auc != auc else auc)
-    return weights, best, history
+    return load_checkpoint(best_checkpoint)["model"], best, history
 
 
 def model_record(

@@ -144,6 +144,7 @@ class _Worker:
         options = StepOptions(
             device=self.device,
             augment_strength=train.augment_strength,
+            quarter_turns=train.augment_quarter_turns,
             generator=torch.Generator().manual_seed(seed),
             grad_clip_norm=train.grad_clip_norm,
             amp=train.amp and self.device.type == "cuda",

@@ -145,3 +145,29 @@ def test_the_checkpointed_state_round_trips_and_reads_old_payloads() -> None:
     old = state.to_payload()
     old["history"][1]["val_auc"] = float("nan")
     assert TrainingState.from_payload(old, patience=3).history[1].val_auc is None
+
+
+def test_quarter_turns_rotate_in_plane_by_multiples_of_90_degrees() -> None:
+    from itertools import product
+
+    from lungcls.train.augment import augment
+
+    x = torch.rand(32, 1, 4, 8, 8)
+    # A vanishing strength leaves only the flips and the quarter turns, which it does not scale.
+    out = augment(x, torch.Generator().manual_seed(3), 1e-9, quarter_turns=True)
+    turns = set()
+    for sample, moved in zip(x, out, strict=True):
+        found = [
+            k
+            for k, flips in product(range(4), product((False, True), repeat=3))
+            if torch.allclose(
+                torch.rot90(sample.flip([d + 1 for d, f in enumerate(flips) if f]), k, (2, 3)),
+                moved,
+                atol=1e-4,
+            )
+        ]
+        assert found, "every output is a flipped and quarter-turned copy of its input"
+        turns.update(k % 2 for k in found)
+    assert turns == {0, 1}  # some outputs need an odd quarter turn: no flip gives those
+    plain = augment(x, torch.Generator().manual_seed(3), 1e-9)
+    assert torch.equal(plain, augment(x, torch.Generator().manual_seed(3), 1e-9))

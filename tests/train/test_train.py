@@ -184,13 +184,16 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
     from lungcls.train.ensemble import Ensemble
     from lungcls.train.folds import read_oof_scores
 
-    settings = _prepared(shared_root, train={**TINY["train"], "epochs": 3, "folds": 3})
+    settings = _prepared(
+        shared_root, train={**TINY["train"], "epochs": 2, "folds": 3, "select_epoch": "last"}
+    )
     storage = Storage.from_settings(settings)
     result = train_model(settings)
     record = load_record(storage, settings.model.name)
     cv = record.cross_validation
     assert cv is not None and [f.fold for f in cv.folds] == [0, 1, 2]
     assert result.cross_validation == cv and result.best_val_auc == cv.oof_auc
+    assert all(f.best_epoch == f.epochs_run - 1 == 1 for f in cv.folds)  # select_epoch: last
 
     # Every train/val sample has exactly one out-of-fold score; no patient spans two folds.
     manifest = load_manifest(storage, "lung-nodules")
