@@ -339,6 +339,7 @@ def _own_scores(
         raise EvaluationError(f"the {fitted_on} scores need both classes to fit an operating point")
     val = frames[fitted_on]
     calibration = fit_calibration(val["label"].to_numpy(), val["score"].to_numpy())
+    calibration = calibration.model_copy(update={"fitted_on": fitted_on})
     _calibrated(frames, calibration)
     labels, scores = val["label"].to_numpy(), val["score"].to_numpy()
     threshold = robust_operating_point(
