@@ -15,6 +15,11 @@ TEST_KEY = "test-pseudonym-key-0123456789"
 OLD_ROOT = Path(__file__).resolve().parent / "fixtures" / "root-0.1.0"
 
 
+# Training settings that lungcls 0.1.0 did not have, as its records read back: it trained one
+# model on train and stopped on val (`folds: 1`); the others keep their defaults.
+TRAIN_FIELDS_SINCE_0_1_0 = {"folds": 1, "augment_quarter_turns": False, "select_epoch": "best"}
+
+
 def make_settings(root: str | Path, tmp_path: Path, **overrides: object) -> Settings:
     """Settings for one test: its own root and work dir, in-process execution by default."""
     values: dict[str, object] = {

@@ -24,7 +24,7 @@ from lungcls.registry.aliases import AliasPointer, read_alias
 from lungcls.registry.decisions import Decision, read_decisions
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record, versions_trained_on
-from tests.support import OLD_ROOT, make_settings
+from tests.support import OLD_ROOT, TRAIN_FIELDS_SINCE_0_1_0, make_settings
 
 MODEL = "lung-nodule-cnn"
 MODEL_JSON = f"models/{MODEL}/v1/model.json"
@@ -61,7 +61,10 @@ def test_model_record_of_0_1_0_loads_typed(old_root: Path) -> None:
     # training settings say what 0.1.0 did: one model, stopped on val (`folds: 1`).
     assert record.train.folds == 1 and record.members == 1
     old = json.loads(storage.read_bytes(MODEL_JSON))
-    assert json.loads(record.to_json()) == {**old, "train": {"folds": 1, **old["train"]}}
+    assert json.loads(record.to_json()) == {
+        **old,
+        "train": {**old["train"], **TRAIN_FIELDS_SINCE_0_1_0},
+    }
 
 
 def test_report_decision_and_alias_of_0_1_0_load_typed(old_root: Path) -> None:
