@@ -19,13 +19,10 @@ the calibration and operating point of the model's own evaluation: nothing is re
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from lungcls.config import EvaluationSettings, Settings
@@ -56,6 +53,7 @@ from lungcls.evaluate.report import (
     evaluation_dir,
 )
 from lungcls.io.storage import Storage
+from lungcls.io.tables import frame_bytes, read_frame
 from lungcls.registry.aliases import read_alias
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record
@@ -95,7 +93,7 @@ def score_split(
 
 
 def load_scores(storage: Storage, folder: str) -> pd.DataFrame:
-    return pq.read_table(io.BytesIO(storage.read_bytes(f"{folder}/scores.parquet"))).to_pandas()
+    return read_frame(storage, f"{folder}/scores.parquet")
 
 
 def evaluate_model(
@@ -180,9 +178,7 @@ def _write(
     the gate's fold-spread limit, against which the documents word disagreement)."""
     for file_name, data in plots.items():
         storage.write_atomic(f"{folder}/{file_name}", data)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(scores, preserve_index=False), buffer)
-    storage.write_atomic(f"{folder}/scores.parquet", buffer.getvalue())
+    storage.write_atomic(f"{folder}/scores.parquet", frame_bytes(scores))
     storage.write_atomic(f"{folder}/report.md", render_markdown(report, spread).encode())
     storage.write_atomic(f"{folder}/report.html", render_html(report, plots, spread).encode())
     report.save(storage, f"{folder}/report.json")

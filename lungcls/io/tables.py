@@ -12,15 +12,22 @@ Columns an older lungcls did not write yet are listed as `optional` by the reade
 then fills them (a series file from before `split` reads with `split` null). Columns an
 older lungcls wrote and this one no longer reads are listed as `dropped`: accepted, and left
 for the reader to drop (`archive_sha256`, replaced by the keyed `archive_id`).
+
+Score tables (evaluation scores, out-of-fold scores) are pandas frames stored as Parquet
+with `frame_bytes` and read back with `read_frame`.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Collection
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lungcls.io.records import RecordError
+from lungcls.io.storage import Storage
 
 
 def check_columns(
@@ -55,3 +62,15 @@ def check_columns(
         f"lungcls may have written it (read it with that version), or the file is not a "
         f"{kind} or was damaged (restore it from a backup or rewrite it with lungcls)"
     )
+
+
+def frame_bytes(frame: pd.DataFrame) -> bytes:
+    """A frame as a Parquet file (without the pandas index)."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    return buffer.getvalue()
+
+
+def read_frame(storage: Storage, rel: str) -> pd.DataFrame:
+    """A Parquet file written by `frame_bytes`, as a frame."""
+    return pq.read_table(io.BytesIO(storage.read_bytes(rel))).to_pandas()

@@ -27,8 +27,6 @@ import statistics
 from collections.abc import Iterator
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from sklearn.model_selection import StratifiedKFold
 
@@ -37,6 +35,7 @@ from lungcls.dataset.manifest import Manifest
 from lungcls.dataset.shards import Sample, iter_samples, read_shard_metadata
 from lungcls.evaluate.metrics import has_both_classes
 from lungcls.io.storage import Storage
+from lungcls.io.tables import frame_bytes, read_frame
 from lungcls.registry.records import BestEpoch
 from lungcls.registry.store import publish_model, serialise_model
 from lungcls.train.ensemble import Ensemble
@@ -140,7 +139,7 @@ def train_fold(
     buffer = io.BytesIO()
     torch.save(weights, buffer)
     storage.write_atomic(f"{folder}/{fold}.pt", buffer.getvalue())
-    storage.write_atomic(f"{folder}/{fold}-scores.parquet", _parquet(scores))
+    storage.write_atomic(f"{folder}/{fold}-scores.parquet", frame_bytes(scores))
     labels = scores["label"]
     record = FoldResult(
         fold=fold,
@@ -193,12 +192,7 @@ def _publish(
         member.load_state_dict(state)
         members.append(member)
     oof = pd.concat(
-        [
-            pq.read_table(
-                io.BytesIO(storage.read_bytes(f"{folder}/{r.fold}-scores.parquet"))
-            ).to_pandas()
-            for r in results
-        ],
+        [read_frame(storage, f"{folder}/{r.fold}-scores.parquet") for r in results],
         ignore_index=True,
     ).sort_values("sample_id", ignore_index=True)
     cv = CrossValidation(folds=results, oof_auc=_auc(oof))
@@ -208,7 +202,7 @@ def _publish(
     )
     record = model_record(settings, manifest, run_id, [], best, cross_validation=cv)
     files = serialise_model(Ensemble(members), record.tensor_shape)
-    files[OOF_SCORES] = _parquet(oof)
+    files[OOF_SCORES] = frame_bytes(oof)
     version = publish_model(storage, settings.model.name, files, record)
     return TrainResult(
         run_id=run_id,
@@ -225,11 +219,4 @@ def _publish(
 
 def read_oof_scores(storage: Storage, model_folder: str) -> pd.DataFrame:
     """The out-of-fold scores a cross-validated model was published with."""
-    data = storage.read_bytes(f"{model_folder}/{OOF_SCORES}")
-    return pq.read_table(io.BytesIO(data)).to_pandas()
-
-
-def _parquet(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
-    return buffer.getvalue()
+    return read_frame(storage, f"{model_folder}/{OOF_SCORES}")
