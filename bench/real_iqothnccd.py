@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_settings import Overrides, add_set_option, bench_settings, parsed_overrides
 from sklearn.metrics import roc_auc_score
 
-from lungcls.config import Settings, load_settings
 from lungcls.dataset.build import build_dataset
 from lungcls.dataset.manifest import Manifest, load_manifest
 from lungcls.dataset.shards import iter_samples
@@ -49,26 +49,10 @@ from lungcls.sources.images import ImportOptions, import_images, nominal_rescale
 from lungcls.train.trainer import train_model
 
 BATCH = "iq-othnccd"
+KEY = "bench-real-pseudonym-key-0123456789"
 FOV_MM = 360.0
 BRIGHT = 0.1  # "brighter than about 10 % of full scale"
 RANGES = [(0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]
-
-
-def settings_for(
-    root: Path, work: Path, config: str, overrides: dict[str, dict[str, Any]]
-) -> Settings:
-    """The benchmark's settings: `config` (configs/iq-othnccd.yaml; bench/README.md says why
-    each value) on a root of its own, with `--set section.key=value` overrides on top."""
-    base = load_settings(config)
-    values: dict[str, Any] = {
-        "root": str(root),
-        "work_dir": str(work),
-        "pseudonym_key": "bench-real-pseudonym-key-0123456789",
-        "ray": {**base.ray.model_dump(), "num_cpus": 2},
-    }
-    for section, entries in overrides.items():
-        values[section] = {**getattr(base, section).model_dump(), **entries}
-    return load_settings(config, **values)
 
 
 def shortcut_scores(storage: Storage, manifest: Manifest) -> dict[str, dict[str, float]]:
@@ -116,12 +100,12 @@ def run_range(
     work: Path,
     test_range: tuple[float, float],
     config: str,
-    overrides: dict[str, dict[str, Any]],
+    overrides: Overrides,
 ) -> dict[str, Any]:
     """One full pipeline run with `test_range` held out; returns the numbers."""
     root = work / f"root-{test_range[0]:.1f}-{test_range[1]:.1f}"
     shutil.rmtree(root, ignore_errors=True)
-    settings = settings_for(root, work / "state", config, overrides)
+    settings = bench_settings(root, work / "state", config, KEY, overrides)
     storage = Storage.from_settings(settings)
     timings: dict[str, float] = {}
 
@@ -234,19 +218,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also the other four fifths")
     parser.add_argument("--config", default="configs/iq-othnccd.yaml")
     parser.add_argument("--keep", action="store_true", help="keep the roots and reports")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=JSON",
-        help="override a setting, e.g. train.augment_strength=1.0 (repeatable)",
-    )
+    add_set_option(parser, "train.augment_strength=1.0")
     args = parser.parse_args()
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in args.set:
-        name, value = item.split("=", 1)
-        section, key = name.split(".", 1)
-        overrides.setdefault(section, {})[key] = json.loads(value)
+    overrides = parsed_overrides(args.set)
     start, end = (float(v) for v in args.test_range.split(":"))
     ranges = [(start, end)] + ([r for r in RANGES if r != (start, end)] if args.sweep else [])
     work = Path(".lungcls-work/bench-real").resolve()

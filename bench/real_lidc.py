@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from bench_settings import add_set_option, bench_settings, parsed_overrides
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lungcls.config import Settings, load_settings
+from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
 from lungcls.evaluate.bootstrap import bootstrap_intervals, paired_auc_difference
 from lungcls.evaluate.evaluation import evaluate_model
@@ -53,20 +54,6 @@ from lungcls.train.trainer import train_model
 BATCH = "lidc-nodules"
 KEY = "bench-lidc-pseudonym-key-0123456789"
 ROUNDS = 2000
-
-
-def settings_for(root: Path, work: Path, config: str, overrides: dict[str, Any]) -> Settings:
-    """`configs/lidc.yaml` on a root of the benchmark's own, with `--set` overrides."""
-    base = load_settings(config)
-    values: dict[str, Any] = {
-        "root": str(root),
-        "work_dir": str(work),
-        "pseudonym_key": KEY,
-        "ray": {**base.ray.model_dump(), "num_cpus": 2},
-    }
-    for section, entries in overrides.items():
-        values[section] = {**getattr(base, section).model_dump(), **entries}
-    return load_settings(config, **values)
 
 
 def reader_medians(data: Path) -> dict[str, float | None]:
@@ -208,24 +195,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="outer folds (test sets)")
     parser.add_argument("--only", default=None, help="run these outer folds only, e.g. 0,1")
     parser.add_argument("--keep", action="store_true", help="keep the root and reports")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=JSON",
-        help="override a setting of the config, e.g. train.epochs=20 (repeatable)",
-    )
+    add_set_option(parser, "train.epochs=20")
     args = parser.parse_args()
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        name, value = item.split("=", 1)
-        section, key = name.split(".", 1)
-        overrides.setdefault(section, {})[key] = json.loads(value)
+    overrides = parsed_overrides(args.set)
     data = Path(args.data).resolve()
     work = Path(".lungcls-work/bench-lidc").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    settings = settings_for(work / "root", work / "state", args.config, overrides)
+    settings = bench_settings(work / "root", work / "state", args.config, KEY, overrides)
     storage = Storage.from_settings(settings)
     began = time.perf_counter()
     try:
