@@ -59,7 +59,7 @@ def shortcut_scores(storage: Storage, manifest: Manifest) -> dict[str, dict[str,
     """The rule's number per series, on native pixels and on the model's input tensors."""
     slope, intercept = (float(v) for v in nominal_rescale((-600.0, 1500.0)))
     out: dict[str, dict[str, float]] = {}
-    for sample in iter_samples(storage, [s.path for s in manifest.shards]):
+    for sample in iter_samples(storage, manifest.shards):
         tensor = sample.array().astype(np.float32)
         out[sample.series_id] = {
             "split": sample.split,

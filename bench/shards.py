@@ -88,7 +88,7 @@ def make_shards(tmp: Path, args: argparse.Namespace) -> tuple[list[str], tuple[i
     ingest(settings, progress=False)
     built = build_dataset(settings, progress=False)
     manifest = load_manifest(storage, built.name, built.version)
-    samples = list(iter_samples(storage, [s.path for s in manifest.shards]))
+    samples = list(iter_samples(storage, manifest.shards))
     copies = [
         Sample(**{**s.to_row(), "sample_id": f"v{n}-{s.sample_id}", "tensor": variant(s, n)})
         for n in range(args.copies)

@@ -233,6 +233,16 @@ class RaySettings(BaseModel):
     num_cpus: int | None = Field(None, description="CPUs for a Ray started here; None = all.")
 
 
+class StorageSettings(BaseModel):
+    """How overlapping runs are kept apart on the storage root."""
+
+    lease_only: bool = Field(
+        False,
+        description="The store ignores conditional writes (If-None-Match): run anyway, "
+        "keeping overlapping runs apart by leases alone (runs refuse such a store otherwise).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything lungcls reads; the resolved copy is saved with every dataset and model."""
 
@@ -263,6 +273,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = EvaluationSettings()
     promotion: PromotionSettings = PromotionSettings()
     ray: RaySettings = RaySettings()
+    storage: StorageSettings = StorageSettings()
 
     @field_validator("root", "work_dir")
     @classmethod

@@ -66,7 +66,7 @@ def train_in_process(settings: Settings, steps: int, seed: int = 0) -> int:
 
     storage = Storage.from_settings(settings)
     manifest = load_manifest(storage, settings.dataset.name)
-    samples = list(iter_samples(storage, [s.path for s in manifest.shards_of("train")]))
+    samples = list(iter_samples(storage, manifest.shards_of("train")))
     x = torch.from_numpy(np.stack([s.array().astype(np.float32) for s in samples]))
     y = torch.tensor([float(s.label) for s in samples])
     torch.manual_seed(seed)

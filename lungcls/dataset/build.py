@@ -2,11 +2,13 @@
 
     lungcls dataset build | list | show
 
-A version is `datasets/<name>/v<N>/`: shards first, then `build.json` (run facts: when,
-which run, the resolved settings, where the validation results are), then `manifest.json`,
-written last with an exclusive create. Only versions with a manifest exist. The manifest is
-a pure function of the inputs (no timestamps or run ids), so a build killed at any point
-and rerun produces the same manifest as a clean build.
+A version is `datasets/<name>/v<N>/`: its number claimed first (`io.versions`), then its
+shards, then `build.json` (run facts: when, which run, the resolved settings, where the
+validation results are), then `manifest.json`, written last with an exclusive create and
+naming every shard with its SHA-256. Only versions with a manifest exist; two builds never
+write into one folder. The manifest is a pure function of the inputs and its number (no
+timestamps or run ids), so a build killed at any point and rerun produces the manifest of a
+clean build under the next number; the killed build's files are left for `lungcls gc`.
 
 Incremental: the new version reuses every shard of the previous one whose samples are all
 still current, and preprocesses only the rest. No new data (same inputs fingerprint) means
@@ -75,10 +77,12 @@ from lungcls.ingest.label_table import (
     unmatched_labels,
 )
 from lungcls.ingest.ledger import Ledger
+from lungcls.io.guard import stage_lease
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.records import Part
 from lungcls.io.runs import new_run_id
 from lungcls.io.storage import Storage
+from lungcls.io.versions import claim_version
 
 SPLIT_METHOD = "HMAC-SHA256 of the patient pseudonym, unless labels.csv assigns one"
 
@@ -164,13 +168,28 @@ def build_dataset(
     started = time.monotonic()
     name = name or settings.dataset.name
     storage = Storage.from_settings(settings)
-    key = pseudonym_key(settings, storage)
     run_id = new_run_id("dataset")
-    ledger = Ledger.load(storage)
-    # Copies for the summary: without the labels.csv's inbox path (the records keep it).
-    labels_quarantined = [
-        item.redacted() for item in _refresh_labels(settings, storage, key, ledger, run_id)
-    ]
+    # One build at a time per root: a second waits, then finds its inputs built.
+    with stage_lease(storage, "dataset-build", run_id, settings.storage.lease_only):
+        return _build(settings, storage, name, run_id, progress, started)
+
+
+def _build(
+    settings: Settings,
+    storage: Storage,
+    name: str,
+    run_id: str,
+    progress: bool | None,
+    started: float,
+) -> BuildSummary:
+    key = pseudonym_key(settings, storage)
+    # The labels table is ingest's: refreshed under ingest's lease (it is rewritten whole).
+    with stage_lease(storage, "ingest", run_id, settings.storage.lease_only):
+        ledger = Ledger.load(storage)
+        # Copies for the summary: without the labels.csv's inbox path (the records keep it).
+        labels_quarantined = [
+            item.redacted() for item in _refresh_labels(settings, storage, key, ledger, run_id)
+        ]
     contracts = _Contracts.load(settings)
     labels = labels_fingerprint(storage, settings.dataset.batches)
     fingerprint = _fingerprint(ledger, settings, list(contracts), labels)
@@ -192,8 +211,7 @@ def build_dataset(
         raise DatasetError(f"the series store holds no series{where}: run `lungcls ingest` first")
     frame = apply_labels(stamped, current_labels(storage))
 
-    ref = DatasetRef(name=name, version=(versions[-1] if versions else 0) + 1)
-    storage.remove(ref.folder)  # leftovers of a build killed before its manifest: never trusted
+    ref = DatasetRef(name=name, version=claim_version(storage, f"datasets/{name}", run_id))
     files = {sid: rel for rel, ids in ledger.series_files().items() for sid in ids}
     build = _Build(settings, storage, ref, run_id, files, contracts, key)
     changes = compare_with_parent(storage, parent, stamped, frame)
@@ -202,7 +220,7 @@ def build_dataset(
     write_version_labels(storage, ref.folder, frame)
     record.save(storage, f"{ref.folder}/{BUILD_RECORD}")
     if not manifest.save(storage, ref.manifest_path, exclusive=True):
-        raise DatasetError(f"{ref.manifest_path} was written by another build meanwhile")
+        raise DatasetError(f"{storage.url(ref.manifest_path)} was committed by another writer")
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lungcls.dataset.manifest import ShardInfo
+from lungcls.io.integrity import check_file, checked_bytes
 from lungcls.io.storage import Storage
 from lungcls.io.tables import check_columns
 
@@ -133,11 +134,14 @@ def write_shard(
     )
 
 
-def _read_shard(storage: Storage, rel: str, columns: list[str] | None = None) -> pa.Table:
+def _read_shard(
+    storage: Storage, rel: str, columns: list[str] | None = None, data: bytes | None = None
+) -> pa.Table:
     """A shard's table (or some of its columns), its columns checked first; a column an
-    older shard lacks reads as nulls, one it holds that is obsolete is not read."""
+    older shard lacks reads as nulls, one it holds that is obsolete is not read. `data`: the
+    shard's bytes, already read and verified (else it is streamed from storage)."""
     wanted = columns or SHARD_SCHEMA.names
-    with storage.open(rel, "rb") as f:
+    with io.BytesIO(data) if data is not None else storage.open(rel, "rb") as f:
         parquet = pq.ParquetFile(f)
         found = parquet.schema_arrow
         check_columns(
@@ -161,8 +165,26 @@ def read_shard_metadata(storage: Storage, rel: str) -> pa.Table:
     return _read_shard(storage, rel, METADATA_COLUMNS)
 
 
-def iter_samples(storage: Storage, paths: Iterable[str]) -> Iterator[Sample]:
-    """Every sample of the given shards, one shard in memory at a time."""
-    for rel in paths:
-        for row in _read_shard(storage, rel).to_pylist():
+def iter_samples(storage: Storage, shards: Iterable[ShardInfo]) -> Iterator[Sample]:
+    """Every sample of the given shards, one shard in memory at a time, each verified
+    against the SHA-256 its manifest names."""
+    for shard in shards:
+        data = checked_bytes(storage, shard.path, shard.sha256)
+        for row in _read_shard(storage, shard.path, data=data).to_pylist():
             yield Sample(**row)
+
+
+# Shards this process has verified: the folds of a cross-validation read one version's
+# shards k times, and a committed shard never changes (a manifest names it by hash).
+_VERIFIED: set[tuple[str, str]] = set()
+
+
+def verify_shards(storage: Storage, shards: Iterable[ShardInfo]) -> None:
+    """Check every shard against the SHA-256 its manifest names before Ray Data reads them
+    (Ray's Parquet reader cannot check hashes), a few at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [s for s in shards if (storage.url(s.path), s.sha256) not in _VERIFIED]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda s: check_file(storage, s.path, s.sha256), todo))
+    _VERIFIED.update((storage.url(s.path), s.sha256) for s in todo)

@@ -89,7 +89,7 @@ def score_split(
     storage: Storage, model: torch.nn.Module, manifest: Manifest, split: str
 ) -> pd.DataFrame:
     """Raw network probabilities of one split's samples, in sample-id order."""
-    return score_samples(model, iter_samples(storage, [s.path for s in manifest.shards_of(split)]))
+    return score_samples(model, iter_samples(storage, manifest.shards_of(split)))
 
 
 def load_scores(storage: Storage, folder: str) -> pd.DataFrame:
@@ -328,7 +328,7 @@ def _own_scores(
     fitted_on = "oof" if record.cross_validation else "val"
     frames = {"test": score_split(storage, model, manifest, "test")}
     if record.cross_validation:
-        frames["oof"] = read_oof_scores(storage, record.folder)
+        frames["oof"] = read_oof_scores(storage, record)
     else:
         frames["val"] = score_split(storage, model, manifest, "val")
     if frames[fitted_on]["label"].nunique() < 2:

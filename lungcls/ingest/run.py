@@ -40,6 +40,7 @@ from lungcls.ingest.ledger import Ledger, LedgerEntry
 from lungcls.ingest.staging import staging_folder
 from lungcls.ingest.summary import IngestSummary
 from lungcls.io.compute import map_unordered
+from lungcls.io.guard import stage_lease
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.runs import new_run_id
 from lungcls.io.storage import Storage
@@ -86,12 +87,17 @@ def ingest(
     With `retry_rejected`, archives refused before (or with refused files or series) are
     read again; that also happens by itself when the ingest settings changed since.
     """
-    started = time.monotonic()
     storage = Storage.from_settings(settings)
     key = pseudonym_key(settings, storage)
     run = _Run(settings, storage, key, new_run_id("ingest"), progress)
-    summary = run.summary
+    # One ingest at a time per root: a second waits, then finds done what the first did.
+    with stage_lease(storage, "ingest", run.run_id, settings.storage.lease_only):
+        return _ingest(run, batch, retry_rejected)
 
+
+def _ingest(run: _Run, batch: str | None, retry_rejected: bool) -> IngestSummary:
+    started = time.monotonic()
+    settings, storage, key, summary = run.settings, run.storage, run.key, run.summary
     archives, label_files = discover_archives(storage, settings.ingest.inbox)
     if batch is not None:
         archives = [a for a in archives if a.batch == batch]
@@ -121,7 +127,7 @@ def ingest(
         run.assemble(scans, todo + earlier, ledger, judged_by)
     finally:
         storage.remove(staging_folder(run.run_id))
-    ledger.save(storage)
+    run.save(ledger)
     changed = sorted(set(refreshed.batches) | set(batches))
     unmatched = unmatched_labels(storage, ledger, current_labels(storage), run.run_id, changed)
     summary.quarantined.extend(item.redacted() for item in unmatched)
@@ -208,7 +214,7 @@ class _Run:
                     self.storage.remove(scan.staged)
                 self.summary.archives_skipped += 1
             elif scan.rejected is not None or not scan.series:
-                self._commit(ledger, ref, scan, [], "", [], judged_by)
+                ledger.record(self._entry(ref, scan, [], "", [], judged_by))
             else:
                 scans.append(scan)
             self._save_now_and_then(ledger)
@@ -261,51 +267,64 @@ class _Run:
         duplicates: dict[str, list[QuarantineItem]],
         judged_by: str,
     ) -> None:
+        # Another run may have ingested the same archives meanwhile: read what it appended.
+        # If it recorded any archive of this group with the same bytes, its rows count and
+        # this group's series file is referenced by nothing (garbage collection removes it);
+        # an archive of this group it did not have is left for the next run.
+        ledger.refresh(self.storage)
+        if any(ledger.recorded_meanwhile(a.key, a.sha256, self.run_id) for a in group.archives):
+            log.info(
+                "ingest %s: %d archive(s) recorded by another run meanwhile; %s is left unused",
+                self.run_id,
+                len(group.archives),
+                outcome.series_file or "no series file",
+            )
+            self.summary.archives_skipped += len(group.archives)
+            return
         stored = [series_id for series_id, _, _ in outcome.stored]
         self.summary.series_ingested += len(stored)
         self.summary.duplicate_files_dropped += outcome.duplicate_files
+        entries = []
         for index, scan in enumerate(group.archives):
             primary = index == 0
             items = duplicates.get(scan.key, []) + (outcome.quarantined if primary else [])
             # The primary owns the whole series file; the others the series they add to.
             owned = stored if primary else [s for s in stored if s in scan.series]
             series_file = outcome.series_file if primary else ""
-            self._commit(ledger, refs[scan.key], scan, owned, series_file, items, judged_by)
+            entries.append(self._entry(refs[scan.key], scan, owned, series_file, items, judged_by))
+        ledger.record(*entries)  # one unit: the group's rows are appended together or not
 
-    def _commit(
+    def _entry(
         self,
-        ledger: Ledger,
         ref: ArchiveRef,
         scan: ArchiveScan,
         owned: list[str],
         series_file: str,
         items: Iterable[QuarantineItem],
         judged_by: str,
-    ) -> None:
-        """Record one archive in the ledger (in memory; saved now and then) and quarantine
-        what it refused."""
+    ) -> LedgerEntry:
+        """The ledger row of one archive (to record in memory; saved now and then); its
+        refused parts are quarantined and counted."""
         rejected = scan.rejected is not None
         refused = [scan.rejected] if scan.rejected else [*scan.quarantined, *items]
         written = write_quarantine(self.storage, self.run_id, refused)
-        ledger.record(
-            LedgerEntry(
-                archive=ref.key,
-                batch=ref.batch,
-                kind=ref.kind,
-                size=ref.size,
-                version_tag=ref.version_tag,
-                sha256=scan.sha256,
-                status="rejected" if rejected else "ingested",
-                reason_code=scan.rejected.code if scan.rejected else "",
-                series_file=series_file,
-                series_ids=owned,
-                n_quarantined=len(written),
-                n_skipped=sum(scan.skipped.values()),
-                archive_id=scan.archive_id,
-                settings_hash=judged_by,
-                run_id=self.run_id,
-                ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            )
+        entry = LedgerEntry(
+            archive=ref.key,
+            batch=ref.batch,
+            kind=ref.kind,
+            size=ref.size,
+            version_tag=ref.version_tag,
+            sha256=scan.sha256,
+            status="rejected" if rejected else "ingested",
+            reason_code=scan.rejected.code if scan.rejected else "",
+            series_file=series_file,
+            series_ids=owned,
+            n_quarantined=len(written),
+            n_skipped=sum(scan.skipped.values()),
+            archive_id=scan.archive_id,
+            settings_hash=judged_by,
+            run_id=self.run_id,
+            ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         self.unsaved = True
         summary = self.summary
@@ -316,8 +335,20 @@ class _Run:
             summary.series_quarantined += item.level == "series"
             summary.files_quarantined += item.level == "file"
         summary.quarantined.extend(item.redacted() for item in written)
+        return entry
 
     def _save_now_and_then(self, ledger: Ledger) -> None:
         if self.unsaved and time.monotonic() - self.last_save > LEDGER_SAVE_INTERVAL_S:
-            ledger.save(self.storage)
-            self.last_save, self.unsaved = time.monotonic(), False
+            self.save(ledger)
+
+    def save(self, ledger: Ledger) -> None:
+        """Append this run's new rows to the ledger's log (one segment)."""
+        dropped = ledger.save(self.storage)
+        if dropped:  # recorded by another run between the group's check and this save
+            log.info(
+                "ingest %s: %d archive row(s) left out, recorded by another run meanwhile; "
+                "their series files are left unused",
+                self.run_id,
+                len(dropped),
+            )
+        self.last_save, self.unsaved = time.monotonic(), False

@@ -51,6 +51,10 @@ def fsspec_options(root: str, s3_endpoint_url: str | None = None) -> dict[str, A
         if s3_endpoint_url:
             options["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
         options["cache_regions"] = False
+        # s3fs caches listings per process: `exists` and `ls` would then never see what
+        # other processes wrote since (a version another writer committed, a ledger segment,
+        # a lease). Writers overlap (DESIGN 10), so every listing asks the store.
+        options["use_listings_cache"] = False
     return options
 
 

@@ -73,4 +73,9 @@ def frame_bytes(frame: pd.DataFrame) -> bytes:
 
 def read_frame(storage: Storage, rel: str) -> pd.DataFrame:
     """A Parquet file written by `frame_bytes`, as a frame."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(rel))).to_pandas()
+    return frame_of(storage.read_bytes(rel))
+
+
+def frame_of(data: bytes) -> pd.DataFrame:
+    """The frame of `frame_bytes`' output (bytes already read and verified)."""
+    return pq.read_table(io.BytesIO(data)).to_pandas()

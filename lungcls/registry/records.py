@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from lungcls.config import ModelSettings, TrainSettings
 from lungcls.dataset.manifest import DatasetRef, PreprocessInfo
@@ -82,6 +82,9 @@ class ModelRecord(Record):
     # Present for a cross-validated model (`train.folds` > 1): the network is the average of
     # the fold models, and `oof_scores.parquet` beside it holds their out-of-fold scores.
     cross_validation: CrossValidation | None = None
+    # Every file of the version with its SHA-256, set at commit (`store.publish_model`);
+    # empty in records written before files were hashed (read unverified).
+    files: dict[str, str] = Field(default_factory=dict)
     name: str = ""
     version: int = 0
 
@@ -92,8 +95,8 @@ class ModelRecord(Record):
     @model_serializer(mode="wrap")
     def _optional_parts_only_when_present(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
-        for part in ("tune", "cross_validation"):
-            if getattr(self, part) is None:
+        for part in ("tune", "cross_validation", "files"):
+            if not getattr(self, part):
                 data.pop(part, None)
         return data
 

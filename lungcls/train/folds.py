@@ -34,10 +34,11 @@ from lungcls.config import Settings
 from lungcls.dataset.manifest import Manifest
 from lungcls.dataset.shards import Sample, iter_samples, read_shard_metadata
 from lungcls.evaluate.metrics import has_both_classes
+from lungcls.io.integrity import checked_bytes, sha256_of
 from lungcls.io.storage import Storage
-from lungcls.io.tables import frame_bytes, read_frame
-from lungcls.registry.records import BestEpoch
-from lungcls.registry.store import publish_model, serialise_model
+from lungcls.io.tables import frame_bytes, frame_of
+from lungcls.registry.records import BestEpoch, ModelRecord
+from lungcls.registry.store import publish_model, read_model_file, serialise_model
 from lungcls.train.ensemble import Ensemble
 from lungcls.train.models import build_model
 from lungcls.train.runs import CrossValidation, FoldResult, TrainError, TrainResult
@@ -102,8 +103,8 @@ def _fold_dir(run_id: str) -> str:
 
 
 def _pooled_samples(storage: Storage, manifest: Manifest, holdout: Holdout) -> Iterator[Sample]:
-    paths = [s.path for split in POOLED_SPLITS for s in manifest.shards_of(split)]
-    return (s for s in iter_samples(storage, paths) if s.patient_id in holdout.patients)
+    shards = [s for split in POOLED_SPLITS for s in manifest.shards_of(split)]
+    return (s for s in iter_samples(storage, shards) if s.patient_id in holdout.patients)
 
 
 def _auc(scores: pd.DataFrame) -> float | None:
@@ -138,8 +139,9 @@ def train_fold(
     folder = _fold_dir(run_id)
     buffer = io.BytesIO()
     torch.save(weights, buffer)
-    storage.write_atomic(f"{folder}/{fold}.pt", buffer.getvalue())
-    storage.write_atomic(f"{folder}/{fold}-scores.parquet", frame_bytes(scores))
+    files = {f"{fold}.pt": buffer.getvalue(), f"{fold}-scores.parquet": frame_bytes(scores)}
+    for name, data in files.items():
+        storage.write_atomic(f"{folder}/{name}", data)
     labels = scores["label"]
     record = FoldResult(
         fold=fold,
@@ -150,6 +152,7 @@ def train_fold(
         epochs_run=len(history),
         val_auc=_auc(scores),
         history=history,
+        files={name: sha256_of(data) for name, data in files.items()},
     )
     record.save(storage, f"{folder}/{fold}.json")  # the fold's commit point
     print(
@@ -186,13 +189,12 @@ def _publish(
     members = []
     for result in results:
         member = build_model(settings.model, manifest.tensor_shape, settings.train.seed)
-        state = torch.load(
-            io.BytesIO(storage.read_bytes(f"{folder}/{result.fold}.pt")), weights_only=True
-        )
+        weights = _fold_file(storage, folder, result, f"{result.fold}.pt")
+        state = torch.load(io.BytesIO(weights), weights_only=True)
         member.load_state_dict(state)
         members.append(member)
     oof = pd.concat(
-        [read_frame(storage, f"{folder}/{r.fold}-scores.parquet") for r in results],
+        [frame_of(_fold_file(storage, folder, r, f"{r.fold}-scores.parquet")) for r in results],
         ignore_index=True,
     ).sort_values("sample_id", ignore_index=True)
     cv = CrossValidation(folds=results, oof_auc=_auc(oof))
@@ -203,7 +205,9 @@ def _publish(
     record = model_record(settings, manifest, run_id, [], best, cross_validation=cv)
     files = serialise_model(Ensemble(members), record.tensor_shape)
     files[OOF_SCORES] = frame_bytes(oof)
-    version = publish_model(storage, settings.model.name, files, record)
+    version = publish_model(
+        storage, settings.model.name, files, record, settings.storage.lease_only
+    )
     return TrainResult(
         run_id=run_id,
         model_name=settings.model.name,
@@ -217,6 +221,12 @@ def _publish(
     )
 
 
-def read_oof_scores(storage: Storage, model_folder: str) -> pd.DataFrame:
-    """The out-of-fold scores a cross-validated model was published with."""
-    return read_frame(storage, f"{model_folder}/{OOF_SCORES}")
+def _fold_file(storage: Storage, folder: str, result: FoldResult, name: str) -> bytes:
+    """A file of a finished fold, verified against its record (folds recorded before files
+    were hashed: unverified)."""
+    return checked_bytes(storage, f"{folder}/{name}", result.files.get(name))
+
+
+def read_oof_scores(storage: Storage, record: ModelRecord) -> pd.DataFrame:
+    """The out-of-fold scores a cross-validated model was published with (verified)."""
+    return frame_of(read_model_file(storage, record, OOF_SCORES))

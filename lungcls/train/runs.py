@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Literal
 
-from pydantic import SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from lungcls.config import ModelSettings, Settings, TrainSettings
 from lungcls.dataset.manifest import DatasetRef
@@ -212,6 +212,9 @@ class FoldResult(Record):
     epochs_run: int
     val_auc: float | None
     history: list[EpochMetrics]
+    # The fold's weights and scores with their SHA-256 (empty: recorded before files were
+    # hashed), verified when the folds are published.
+    files: dict[str, str] = Field(default_factory=dict)
 
 
 class CrossValidation(Part):

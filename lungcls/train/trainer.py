@@ -28,6 +28,7 @@ import torch
 
 from lungcls.config import Settings, TrainSettings
 from lungcls.dataset.manifest import Manifest, load_manifest
+from lungcls.dataset.shards import verify_shards
 from lungcls.io.compute import ensure_ray
 from lungcls.io.storage import Storage
 from lungcls.registry.records import BestEpoch, ModelRecord, TrainingEnvironment
@@ -107,6 +108,7 @@ def _datasets(
     context.use_datasource_v2 = False
     context.execution_options.preserve_order = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    verify_shards(storage, [s for split in ("train", "val") for s in manifest.shards_of(split)])
     filesystem, root = storage.arrow_filesystem()
     decoded_mb = 4 * math.prod(manifest.tensor_shape) * manifest.samples / 2**20
     columns = ["tensor", "dtype", "shape", "label", "patient_id"]
@@ -216,7 +218,9 @@ def publish_best(
     model.load_state_dict(weights)
     record = model_record(settings, manifest, run_id, history, best, tune)
     files = serialise_model(model, record.tensor_shape)
-    version = publish_model(storage, settings.model.name, files, record)
+    version = publish_model(
+        storage, settings.model.name, files, record, settings.storage.lease_only
+    )
     return TrainResult(
         run_id=run_id,
         model_name=settings.model.name,

@@ -74,7 +74,9 @@ def save_checkpoint(
 def load_checkpoint(checkpoint: Any) -> CheckpointPayload:
     """The payload of a `ray.train.Checkpoint` (typed `Any`: Ray is imported lazily)."""
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+        # weights_only: a checkpoint holds tensors and plain values only, and whoever can
+        # write to the bucket must not run code on the workers (which hold the key).
+        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

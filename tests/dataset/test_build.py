@@ -35,7 +35,7 @@ from lungcls.dataset.validation import series_frame
 from lungcls.ingest.archive import discover_archives
 from lungcls.ingest.deid import pseudonym
 from lungcls.ingest.label_table import LabelsHistory, current_labels, refresh_labels
-from lungcls.ingest.ledger import LEDGER_PATH, Ledger
+from lungcls.ingest.ledger import LOG_DIR, Ledger
 from lungcls.ingest.run import ingest
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
@@ -78,7 +78,7 @@ def test_first_build_publishes_a_consistent_version(ds_settings: Settings) -> No
     )
     for shard in manifest.shards:
         assert storage.sha256(shard.path) == shard.sha256
-    samples = list(iter_samples(storage, [s.path for s in manifest.shards]))
+    samples = list(iter_samples(storage, manifest.shards))
     assert len(samples) == 40
     tensor = samples[0].array()
     assert tensor.shape == (1, 12, 12, 12) and tensor.dtype == np.float16
@@ -106,7 +106,7 @@ def test_new_batch_preprocesses_only_new_series(ds_settings: Settings) -> None:
     storage = Storage.from_settings(ds_settings)
     build_dataset(ds_settings, progress=False)
     v1 = load_manifest(storage, "lung-nodules", 1)
-    before = {s.sample_id: s.split for s in iter_samples(storage, [s.path for s in v1.shards])}
+    before = {s.sample_id: s.split for s in iter_samples(storage, v1.shards)}
     synth_batch(storage, "b2", SynthOptions(**{**SCANS.__dict__, "scans": 12, "seed": 22}))
     ingest(ds_settings, progress=False)
     second = build_dataset(ds_settings, progress=False)
@@ -114,7 +114,7 @@ def test_new_batch_preprocesses_only_new_series(ds_settings: Settings) -> None:
     v2 = load_manifest(storage, "lung-nodules", 2)
     assert v2.parent == 1 and v2.samples == 52
     assert set(v1.shards) <= set(v2.shards)
-    after = {s.sample_id: s.split for s in iter_samples(storage, [s.path for s in v2.shards])}
+    after = {s.sample_id: s.split for s in iter_samples(storage, v2.shards)}
     assert {k: after[k] for k in before} == before  # nobody changed split
 
 
@@ -194,14 +194,20 @@ def test_kill_9_mid_build_then_rerun_gives_the_clean_manifest(tmp_path: Path) ->
     build_dataset(roots["killed"], progress=False)
     build_dataset(roots["clean"], progress=False)
     clean_storage = Storage.from_settings(roots["clean"])
-    assert load_manifest(killed_storage, "lung-nodules") == load_manifest(
-        clean_storage, "lung-nodules"
-    )
-    killed_files = sorted(p.name for p in shards.iterdir())
+    # The killed build's number is never reused: the rerun commits the next one, with the
+    # manifest of a clean build but for its number.
+    assert list_versions(killed_storage, "lung-nodules") == [2]
+    rerun = load_manifest(killed_storage, "lung-nodules").model_dump_json()
+    clean = load_manifest(clean_storage, "lung-nodules").model_dump_json()
+    assert rerun.replace("/v2/", "/v1/").replace('"version":2', '"version":1') == clean
+    killed_files = sorted(p.name for p in (shards.parent.parent / "v2" / "shards").iterdir())
     clean_files = sorted(
         p.name for p in (tmp_path / "clean/datasets/lung-nodules/v1/shards").iterdir()
     )
-    assert killed_files == clean_files  # leftovers of the killed run are gone
+    assert killed_files == clean_files
+    # The killed build's own folder is left as it was (claimed, never committed) for gc.
+    assert (shards.parent / "claim.json").exists()
+    assert not (shards.parent / "manifest.json").exists()
 
 
 def _labels_rows(storage: Storage, batch: str = "b1") -> list[list[str]]:
@@ -245,18 +251,18 @@ def test_late_labels_count_in_the_next_version_without_ingest(
     first = build_dataset(ds_settings, progress=False)
     v1 = load_manifest(storage, "lung-nodules", first.version)
     assert (v1.samples, v1.excluded.unlabelled) == (40, 12)
-    ledger = storage.read_bytes(LEDGER_PATH)
+    ledger = storage.list_files(LOG_DIR)
 
     storage.write_atomic("inbox/b2/labels.csv", labels)  # the labels a week later
     second = build_dataset(ds_settings, progress=False)
     assert (second.created, second.preprocessed, second.reused_shards) == (True, 12, 3)
-    assert storage.read_bytes(LEDGER_PATH) == ledger  # no archive was read again
+    assert storage.list_files(LOG_DIR) == ledger  # no archive was read again
     v2 = load_manifest(storage, "lung-nodules", second.version)
     assert (v2.samples, v2.excluded.unlabelled, v2.parent) == (52, 0, 1)
     gained = {pseudonym(KEY, "series", s.scan.series_uid) for s in late}
     assert {c.series_id for c in v2.label_changes} == gained
     assert {(c.kind, c.before) for c in v2.label_changes} == {("gained", None)}
-    samples = {s.sample_id: s.label for s in iter_samples(storage, [s.path for s in v2.shards])}
+    samples = {s.sample_id: s.label for s in iter_samples(storage, v2.shards)}
     assert all(samples[pseudonym(KEY, "series", s.scan.series_uid)] == s.label for s in late)
     shown = _show(ds_settings, tmp_path, capsys)
     assert "label changes since v1: 12 series (12 gained)" in shown
@@ -287,7 +293,7 @@ def test_a_corrected_label_remakes_only_its_shard(
     remade = _shard_of(storage, v1, flipped)
     assert (second.preprocessed, second.reused_shards) == (remade.rows, len(v1.shards) - 1)
     assert set(v1.shards) - set(v2.shards) == {remade}
-    samples = {s.sample_id: s.label for s in iter_samples(storage, [s.path for s in v2.shards])}
+    samples = {s.sample_id: s.label for s in iter_samples(storage, v2.shards)}
     assert samples[flipped] == 1 - before and v2.samples == v1.samples
     assert f"{flipped}: {before} -> {1 - before} (changed)" in _show(settings, tmp_path, capsys)
 
@@ -301,10 +307,7 @@ def test_a_corrected_label_remakes_only_its_shard(
     assert v3.label_changes == []
     remade = _shard_of(storage, v2, moved)
     assert (third.preprocessed, third.reused_shards) == (remade.rows, len(v2.shards) - 1)
-    tensors = [
-        {s.sample_id: s.array() for s in iter_samples(storage, [s.path for s in v.shards])}
-        for v in (v2, v3)
-    ]
+    tensors = [{s.sample_id: s.array() for s in iter_samples(storage, v.shards)} for v in (v2, v3)]
     assert not np.array_equal(tensors[0][moved], tensors[1][moved])
     assert len(scans) == v3.samples
 

@@ -112,7 +112,7 @@ def test_model_of_0_1_0_reproduces_its_stored_scores(old_root: Path) -> None:
     storage = Storage(str(old_root))
     model = load_model(storage, load_record(storage, MODEL, 1))
     manifest = load_manifest(storage, "lung-nodules", 1)
-    samples = list(iter_samples(storage, [s.path for s in manifest.shards_of("test")]))
+    samples = list(iter_samples(storage, manifest.shards_of("test")))
     with torch.no_grad():
         x = torch.from_numpy(np.stack([s.array().astype(np.float32) for s in samples]))
         raw = torch.sigmoid(model(x)).numpy()

@@ -16,7 +16,7 @@ import pytest
 from lungcls.config import Settings
 from lungcls.ingest.deid import pseudonym
 from lungcls.ingest.label_table import current_labels
-from lungcls.ingest.ledger import LEDGER_PATH, Ledger
+from lungcls.ingest.ledger import LOG_DIR, Ledger
 from lungcls.ingest.run import ingest
 from lungcls.ingest.series_store import iter_series, read_series_index
 from lungcls.io.storage import Storage
@@ -172,9 +172,13 @@ def test_kill_9_mid_ingest_then_rerun_stores_each_series_once(tmp_path: Path) ->
         "ingest",
     ]
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    ledger = Path(settings.root) / LEDGER_PATH
+    segments = Path(settings.root) / LOG_DIR  # the first ledger segment: a commit happened
     deadline = time.monotonic() + 120
-    while not ledger.exists() and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not any(segments.glob("*.parquet"))
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -22,7 +22,7 @@ from lungcls.ingest.deid import (
     key_fingerprint,
     pseudonym_key,
 )
-from lungcls.ingest.ledger import LEDGER_PATH
+from lungcls.ingest.ledger import LOG_DIR
 from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
 from lungcls.sources.demo import (
@@ -77,14 +77,14 @@ def test_every_stage_refuses_another_key_before_writing(
 ) -> None:
     synth_batch(storage, "b1", TINY)
     ingest(settings, progress=False)
-    ledger = storage.read_bytes(LEDGER_PATH)
+    ledger = storage.list_files(LOG_DIR)
     other = with_key(settings, OTHER_KEY)
     synth_batch(storage, "b2", TINY)
     with pytest.raises(KeyRefused, match="pseudonym_key_mismatch"):
         ingest(other, progress=False)
     with pytest.raises(KeyRefused, match="pseudonym_key_mismatch"):
         build_dataset(other, progress=False)
-    assert storage.read_bytes(LEDGER_PATH) == ledger  # nothing ingested under the other key
+    assert storage.list_files(LOG_DIR) == ledger  # nothing ingested under the other key
     assert not storage.exists("datasets")
 
 

@@ -22,7 +22,7 @@ from lungcls.ingest.label_table import (
     refresh_labels,
     unmatched_labels,
 )
-from lungcls.ingest.ledger import LEDGER_PATH, Ledger
+from lungcls.ingest.ledger import LOG_DIR, Ledger
 from lungcls.ingest.run import ingest
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
@@ -170,11 +170,11 @@ def test_ingest_reads_a_late_labels_csv_without_reading_archives(settings: Setti
     storage.remove(LABELS)
     ingest(settings, progress=False)
     assert LabelsHistory.load(storage).entries == []
-    ledger = storage.read_bytes(LEDGER_PATH)
+    ledger = storage.list_files(LOG_DIR)
     _deliver(storage, LABELS, labels + b"9.9.9,,,1,,,,\n")
     late = ingest(settings, progress=False)
     assert (late.bytes_read, late.archives_ingested) == (0, 0)
-    assert storage.read_bytes(LEDGER_PATH) == ledger  # no archive was ingested again
+    assert storage.list_files(LOG_DIR) == ledger  # no archive was ingested again
     (version,) = LabelsHistory.load(storage).entries
     assert (version.batch, version.version, version.run_id) == ("b1", 1, late.run_id)
     assert [i.code for i in late.quarantined] == ["labels_unmatched"]

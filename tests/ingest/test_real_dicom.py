@@ -124,7 +124,7 @@ def test_dataset_crop_centered_on_the_tumour_contains_it(tmp_path: Path) -> None
     assert result.created and result.preprocessed == 1
     storage = Storage.from_settings(settings)
     manifest = load_manifest(storage, "lung-nodules")
-    (sample,) = iter_samples(storage, [s.path for s in manifest.shards])
+    (sample,) = iter_samples(storage, manifest.shards)
     patch = sample.array()[0, 1].astype(np.float32)  # lung window, the annotated slice
     hu = patch * 1500.0 - 1350.0
     half_x = (xmax - xmin) * column_spacing / 2

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lungcls.dataset.shards import Sample, iter_samples, read_shard_metadata, write_shard
-from lungcls.ingest.ledger import LEDGER_PATH, Ledger, LedgerEntry
+from lungcls.ingest.ledger import LOG_DIR, Ledger, LedgerEntry
 from lungcls.ingest.series_store import (
     SeriesRecord,
     iter_series,
@@ -84,8 +84,9 @@ def test_check_columns_names_the_file_and_the_columns() -> None:
 
 def test_a_ledger_with_an_unknown_column_is_refused_by_name(storage: Storage) -> None:
     store_series(storage, ["series-1"])
-    _rewrite(storage, LEDGER_PATH, lambda t: t.append_column("owner", pa.array(["x"])))
-    with pytest.raises(RecordError, match=r"ledger/archives\.parquet: not a ledger .*'owner'"):
+    segment = f"{LOG_DIR}/000000000001.parquet"
+    _rewrite(storage, segment, lambda t: t.append_column("owner", pa.array(["x"])))
+    with pytest.raises(RecordError, match=r"log/000000000001\.parquet: not a ledger .*'owner'"):
         Ledger.load(storage)
 
 
@@ -106,14 +107,15 @@ def test_a_shard_missing_a_column_is_refused_by_name(storage: Storage) -> None:
         tensor, "float16", sample_id="series-1", preprocess_hash="h", **source
     )
     rel = "datasets/d/v1/shards/train-00000.parquet"
-    write_shard(storage, rel, [sample])
-    assert [s.sample_id for s in iter_samples(storage, [rel])] == ["series-1"]
+    shard = write_shard(storage, rel, [sample])
+    assert [s.sample_id for s in iter_samples(storage, [shard])] == ["series-1"]
     _rewrite(storage, rel, lambda t: t.drop_columns(["t_std"]))
     pattern = r"train-00000\.parquet: not a dataset shard .*missing columns \['t_std'\]"
     with pytest.raises(RecordError, match=pattern):
         read_shard_metadata(storage, rel)
+    rewritten = shard.model_copy(update={"sha256": storage.sha256(rel)})
     with pytest.raises(RecordError, match=pattern):
-        list(iter_samples(storage, [rel]))
+        list(iter_samples(storage, [rewritten]))
 
 
 def test_a_series_file_with_an_unknown_column_is_refused_by_name(storage: Storage) -> None:

@@ -166,7 +166,7 @@ def test_import_ingest_round_trip_grouping_and_splits(tmp_path: Path) -> None:
         "val": {"0": 3, "1": 3},
         "test": {"0": 3, "1": 2},  # cancer 13-14 (group 13-15) and normal 10-12
     }
-    for sample in iter_samples(storage, [s.path for s in manifest.shards]):
+    for sample in iter_samples(storage, manifest.shards):
         tensor = sample.array().astype(np.float32)
         assert tensor.shape == (1, ROWS, COLUMNS)
         # The default preprocessing window is the import window: grey comes back as g/255.

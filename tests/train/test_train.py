@@ -203,7 +203,7 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
         for s in manifest.shards_of(split)
     ]
     samples = sorted(s for frame in pooled for s in frame["sample_id"])
-    oof = read_oof_scores(storage, record.folder)
+    oof = read_oof_scores(storage, record)
     assert sorted(oof["sample_id"]) == samples and "test" not in set(oof["split"])
     assert oof.groupby("patient_id")["fold"].nunique().max() == 1
     assert sum(f.patients for f in cv.folds) == oof["patient_id"].nunique()
