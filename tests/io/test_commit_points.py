@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from lungcls.config import Settings
 from lungcls.dataset.shards import Sample, iter_samples, verify_shards, write_shard
 from lungcls.io.integrity import IntegrityError
 from lungcls.io.storage import Storage
@@ -20,28 +19,20 @@ from lungcls.registry.store import load_model, load_record, publish_model, seria
 from tests.support import OLD_ROOT
 
 
-@pytest.fixture(params=["local", "s3"])
-def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return Storage(str(tmp_path / "root"))
-    s3_settings: Settings = request.getfixturevalue("s3_settings")
-    return Storage.from_settings(s3_settings)
-
-
 def test_racing_writers_claim_distinct_numbers_that_are_never_reused(
-    any_storage: Storage,
+    local_or_s3: Storage,
 ) -> None:
     # A folder left by a writer killed before lungcls claimed numbers, and one claimed by a
     # writer killed before its commit: both numbers stay taken.
-    any_storage.write_atomic("models/m/v1/model.pt", b"leftover")
-    any_storage.create(f"models/m/v2/{CLAIM}", b"{}")
+    local_or_s3.write_atomic("models/m/v1/model.pt", b"leftover")
+    local_or_s3.create(f"models/m/v2/{CLAIM}", b"{}")
     claimed: list[int] = []
     start = threading.Barrier(6)
 
     def claim() -> None:
         start.wait()
         for _ in range(3):
-            claimed.append(claim_version(any_storage, "models/m", f"run-{uuid.uuid4().hex}"))
+            claimed.append(claim_version(local_or_s3, "models/m", f"run-{uuid.uuid4().hex}"))
 
     threads = [threading.Thread(target=claim) for _ in range(6)]
     for thread in threads:
@@ -49,8 +40,8 @@ def test_racing_writers_claim_distinct_numbers_that_are_never_reused(
     for thread in threads:
         thread.join()
     assert sorted(claimed) == list(range(3, 21))  # 18 claims, 18 numbers, none reused
-    assert committed_versions(any_storage, "models/m", "model.json") == []
-    assert any_storage.read_bytes("models/m/v1/model.pt") == b"leftover"  # nothing removed
+    assert committed_versions(local_or_s3, "models/m", "model.json") == []
+    assert local_or_s3.read_bytes("models/m/v1/model.pt") == b"leftover"  # nothing removed
 
 
 def _shard(storage: Storage) -> tuple[str, object]:
@@ -74,17 +65,17 @@ def _shard(storage: Storage) -> tuple[str, object]:
     return rel, write_shard(storage, rel, [sample])
 
 
-def test_a_tampered_shard_is_refused_by_name(any_storage: Storage) -> None:
-    rel, shard = _shard(any_storage)
-    assert [s.sample_id for s in iter_samples(any_storage, [shard])] == ["s-1"]
-    verify_shards(any_storage, [shard])
-    any_storage.write_atomic(rel, any_storage.read_bytes(rel)[:-1] + b"\x00")
+def test_a_tampered_shard_is_refused_by_name(local_or_s3: Storage) -> None:
+    rel, shard = _shard(local_or_s3)
+    assert [s.sample_id for s in iter_samples(local_or_s3, [shard])] == ["s-1"]
+    verify_shards(local_or_s3, [shard])
+    local_or_s3.write_atomic(rel, local_or_s3.read_bytes(rel)[:-1] + b"\x00")
     with pytest.raises(IntegrityError, match=r"train-00000\.parquet does not match the SHA-256"):
-        list(iter_samples(any_storage, [shard]))
+        list(iter_samples(local_or_s3, [shard]))
     other = shard.model_copy(update={"path": "datasets/d/v1/shards/train-copy.parquet"})
-    any_storage.write_atomic(other.path, b"not the shard")
+    local_or_s3.write_atomic(other.path, b"not the shard")
     with pytest.raises(IntegrityError, match=r"train-copy\.parquet"):
-        verify_shards(any_storage, [other])
+        verify_shards(local_or_s3, [other])
 
 
 @pytest.fixture

@@ -40,14 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 TTL_S = 5.0
 
 
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return Storage(str(tmp_path / "root"))
-    s3_settings: Settings = request.getfixturevalue("s3_settings")
-    return Storage.from_settings(s3_settings)
-
-
 def endpoint(storage: Storage) -> str | None:
     return (getattr(storage.fs, "client_kwargs", None) or {}).get("endpoint_url")
 
@@ -151,7 +143,8 @@ def wait_for_line(path: Path, prefix: str, process: subprocess.Popen[bytes]) -> 
     return wait_for_lines(path, prefix, 1, [process])[0]
 
 
-def test_threads_hold_one_at_a_time(storage: Storage, tmp_path: Path) -> None:
+def test_threads_hold_one_at_a_time(local_or_s3: Storage, tmp_path: Path) -> None:
+    storage = local_or_s3
     log_path = tmp_path / "holders.log"
     names, rounds = ["a", "b", "c"], 3
     threads = [
@@ -170,7 +163,8 @@ def test_threads_hold_one_at_a_time(storage: Storage, tmp_path: Path) -> None:
     assert state is not None and state.released_at is not None
 
 
-def test_processes_hold_one_at_a_time(storage: Storage, tmp_path: Path) -> None:
+def test_processes_hold_one_at_a_time(local_or_s3: Storage, tmp_path: Path) -> None:
+    storage = local_or_s3
     log_path, gate = tmp_path / "holders.log", tmp_path / "start-gate"
     names, rounds = ["p1", "p2"], 3
     args = (storage.root_url, endpoint(storage), str(log_path))
@@ -184,7 +178,8 @@ def test_processes_hold_one_at_a_time(storage: Storage, tmp_path: Path) -> None:
     assert state.released_at is not None
 
 
-def test_a_killed_holders_lease_expires(storage: Storage, tmp_path: Path) -> None:
+def test_a_killed_holders_lease_expires(local_or_s3: Storage, tmp_path: Path) -> None:
+    storage = local_or_s3
     marker = tmp_path / "victim.log"
     victim = spawn("hold_and_report", storage.root_url, endpoint(storage), str(marker))
     try:
@@ -224,7 +219,8 @@ def test_a_stalled_holder_finds_its_lease_lost(tmp_path: Path) -> None:
     assert len(leftover) == 1  # only "next" released; the lost lease was left to expire
 
 
-def test_lease_held_names_the_holder(storage: Storage) -> None:
+def test_lease_held_names_the_holder(local_or_s3: Storage) -> None:
+    storage = local_or_s3
     with hold_lease(storage, "dataset-build", "build-20261201T0200Z-a1", ttl_s=60) as lease:
         with pytest.raises(LeaseHeld) as held:
             hold_lease(storage, "dataset-build", "build-other")
@@ -248,7 +244,8 @@ def test_lease_held_names_the_holder(storage: Storage) -> None:
         assert after.claim.generation == lease.claim.generation + 1
 
 
-def test_renewal_keeps_a_long_holder(storage: Storage) -> None:
+def test_renewal_keeps_a_long_holder(local_or_s3: Storage) -> None:
+    storage = local_or_s3
     with hold_lease(storage, "train-publish", "train-long", ttl_s=TTL_S) as lease:
         past_first_expiry = lease.claim.expires_at + timedelta(seconds=1)
         while datetime.now(UTC) < past_first_expiry:
@@ -282,7 +279,8 @@ def test_lease_only_mode_on_a_store_without_exclusive_create(
     check_one_holder_at_a_time(log_path, names, rounds)
 
 
-def test_stale_lease_files_are_older_generations(storage: Storage) -> None:
+def test_stale_lease_files_are_older_generations(local_or_s3: Storage) -> None:
+    storage = local_or_s3
     for round_ in range(3):
         with hold_lease(storage, "ingest", f"ingest-{round_}", ttl_s=60):
             pass
