@@ -14,8 +14,10 @@ folder and on S3. The highest generation with a claim is the current lease; when
 released or expired (or there is none), an exclusive create of the next generation claims
 it, exactly one of racing acquirers wins, and the others find it held (`LeaseHeld` names
 the holder) or wait. The holder's daemon thread renews every ttl/6; a holder killed with
-`kill -9` stops, and its lease expires after at most one ttl. A holder that could not renew
-by `expires_at - ttl/4` (storage unreachable, process stalled) has lost it (`Lease.lost`).
+`kill -9` stops, and its lease expires after at most one ttl, or at once for an acquirer on
+the same machine, which sees that the holder's process is gone (`LeaseHolder.is_gone`).
+A holder that could not renew by `expires_at - ttl/4` (storage unreachable, process
+stalled) has lost it (`Lease.lost`).
 
 Clocks: expiry times are UTC wall-clock times of the holder, compared by the others with
 their own clocks: the hosts sharing a root must agree within ttl/4 (150 s at the default
@@ -78,11 +80,29 @@ class LeaseLost(LungclsError):
 
 
 class LeaseHolder(Part):
-    """Who holds a lease: enough to find the process, nothing about the data."""
+    """Who holds a lease: enough to find the process, nothing about the data.
+
+    `process_space` names the kernel boot and PID namespace the pid belongs to: an acquirer
+    in the same one can see whether the holder still runs, and need not wait out the ttl of
+    a holder killed with `kill -9` (hostnames alone repeat across containers)."""
 
     host: str
     pid: int
     run_id: str
+    process_space: str | None = None
+
+    def is_gone(self) -> bool:
+        """True only when this process can tell for sure that the holder no longer runs."""
+        if self.process_space is None or self.process_space != process_space():
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return state in ("Z", "X")  # killed, not yet reaped by its parent
 
     def describe(self) -> str:
         return f"run {self.run_id} (pid {self.pid} on {self.host})"
@@ -260,7 +280,12 @@ def hold_lease(
     if not 0 <= settle_s < ttl_s / 4:
         raise ValueError(f"a lease of ttl {ttl_s} s cannot wait {settle_s} s to settle")
     if isinstance(holder, str):
-        holder = LeaseHolder(host=socket.gethostname(), pid=os.getpid(), run_id=holder)
+        holder = LeaseHolder(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            run_id=holder,
+            process_space=process_space(),
+        )
     started = time.monotonic()
     deadline = None if timeout_s is None else started + timeout_s
     poll_s = min(1.0, ttl_s / 10)
@@ -268,7 +293,7 @@ def hold_lease(
     while True:
         generation, state = _current(storage, stage)
         now = _now()
-        if state is None or not state.is_held(now):
+        if state is None or not state.is_held(now) or state.claim.holder.is_gone():
             claim = LeaseClaim(
                 stage=stage,
                 generation=generation + 1,
@@ -290,6 +315,17 @@ def hold_lease(
             announced = True
         remaining = poll_s if deadline is None else max(0.0, deadline - time.monotonic())
         time.sleep(min(remaining, random.uniform(poll_s / 2, poll_s)))
+
+
+def process_space() -> str | None:
+    """This process's kernel boot and PID namespace (Linux), or None where /proc cannot say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot_id}:{namespace}"
 
 
 def current_lease(storage: Storage, stage: str) -> LeaseState | None:

@@ -26,9 +26,11 @@ from lungcls.config import Settings
 from lungcls.io.leases import (
     LEASES_DIR,
     LeaseHeld,
+    LeaseHolder,
     LeaseLost,
     current_lease,
     hold_lease,
+    process_space,
     stale_lease_files,
 )
 from lungcls.io.storage import Storage
@@ -85,11 +87,16 @@ def contend(
             append_line(log_path, f"exit {name} {lease.claim.generation}")
 
 
-def hold_and_report(root: str, endpoint_url: str | None, marker: str) -> None:
+def hold_and_report(
+    root: str, endpoint_url: str | None, marker: str, elsewhere: bool = False
+) -> None:
     """Take the `ingest` lease, say so in `marker`, then hold it until the lease is lost
-    (after a SIGSTOP) or the process is killed."""
+    (after a SIGSTOP) or the process is killed. `elsewhere`: claim it as a process of
+    another machine would, whose liveness the others cannot see."""
     storage = Storage(root, endpoint_url)
-    with hold_lease(storage, "ingest", "victim", ttl_s=TTL_S) as lease:
+    space = "another-machine:1" if elsewhere else process_space()
+    holder = LeaseHolder(host="h", pid=os.getpid(), run_id="victim", process_space=space)
+    with hold_lease(storage, "ingest", holder, ttl_s=TTL_S) as lease:
         append_line(marker, f"held {lease.claim.generation}")
         while True:
             time.sleep(0.05)
@@ -178,10 +185,13 @@ def test_processes_hold_one_at_a_time(local_or_s3: Storage, tmp_path: Path) -> N
     assert state.released_at is not None
 
 
-def test_a_killed_holders_lease_expires(local_or_s3: Storage, tmp_path: Path) -> None:
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["this-machine", "another-machine"])
+def test_a_killed_holders_lease_is_taken_once_it_is_known_dead_or_expired(
+    local_or_s3: Storage, tmp_path: Path, elsewhere: bool
+) -> None:
     storage = local_or_s3
     marker = tmp_path / "victim.log"
-    victim = spawn("hold_and_report", storage.root_url, endpoint(storage), str(marker))
+    victim = spawn("hold_and_report", storage.root_url, endpoint(storage), str(marker), elsewhere)
     try:
         held = int(wait_for_line(marker, "held", victim).split()[1])
     finally:
@@ -193,7 +203,10 @@ def test_a_killed_holders_lease_expires(local_or_s3: Storage, tmp_path: Path) ->
 
     with hold_lease(storage, "ingest", "next", wait=True, timeout_s=120, ttl_s=TTL_S) as lease:
         assert lease.claim.generation == held + 1
-        assert lease.claim.acquired_at >= left.expires_at  # taken only once expired
+        if elsewhere:  # nobody here can see that process: taken only once expired
+            assert lease.claim.acquired_at >= left.expires_at
+        else:  # its pid is gone from this machine: taken at once, without waiting the ttl
+            assert lease.claim.acquired_at < left.expires_at
 
 
 def test_a_stalled_holder_finds_its_lease_lost(tmp_path: Path) -> None:
