@@ -7,10 +7,10 @@ The operating point is chosen on the validation split so that it reaches
 `operating_point_confidence` of patient-bootstrap resamples of val) and applied unchanged to
 test; metrics are reported at 0.5 and at that point, each with a patient-level bootstrap
 95 % interval, plus a subgroup table (manufacturer, slice-thickness band, nodule-diameter
-band). Everything lands in `models/<name>/v<N>/evaluations/<dataset>-v<D>/`: per-sample
-scores, PNG plots, report.md, a self-contained report.html, and report.json
-(`EvaluationReport`) written last (the evaluation's commit point). Inputs are immutable, so
-an existing report is reused unless `force`.
+band). Everything lands in `models/<name>/v<N>/evaluations/<dataset>-v<D>/v<K>/`
+(`evaluate.store`): per-sample scores, PNG plots, report.md, a self-contained report.html,
+and report.json (`EvaluationReport`) written last (the evaluation's commit point). Inputs
+are immutable, so the latest report is reused unless `force`, which writes the next `v<K>`.
 
 A dataset other than the model's own (say, another batch imported the same way and built as
 `--dataset heldout`) is scored whole, minus anything the model trained or validated on, with
@@ -34,7 +34,6 @@ from lungcls.evaluate.calibration import calibrate, fit_calibration
 from lungcls.evaluate.metrics import band, binary_metrics, subgroup_table
 from lungcls.evaluate.operating_point import operating_point, robust_operating_point
 from lungcls.evaluate.plots import render_plots
-from lungcls.evaluate.render import render_html, render_markdown
 from lungcls.evaluate.report import (
     BootstrapSettings,
     Calibration,
@@ -50,10 +49,9 @@ from lungcls.evaluate.report import (
     OperatingPoint,
     SplitSummary,
     SubgroupRow,
-    evaluation_dir,
 )
+from lungcls.evaluate.store import latest_report, load_scores, write_evaluation
 from lungcls.io.storage import Storage
-from lungcls.io.tables import frame_bytes, read_frame
 from lungcls.registry.aliases import read_alias
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record
@@ -92,10 +90,6 @@ def score_split(
     return score_samples(model, iter_samples(storage, manifest.shards_of(split)))
 
 
-def load_scores(storage: Storage, folder: str) -> pd.DataFrame:
-    return read_frame(storage, f"{folder}/scores.parquet")
-
-
 def evaluate_model(
     settings: Settings,
     name: str | None = None,
@@ -114,10 +108,9 @@ def evaluate_model(
     storage = Storage.from_settings(settings)
     record = resolve_version(storage, name or settings.model.name, version)
     manifest = _evaluated_manifest(storage, record, dataset, dataset_version)
-    folder = evaluation_dir(record, manifest.ref)
-    if storage.exists(f"{folder}/report.json") and not force:
-        report = EvaluationReport.load(storage, f"{folder}/report.json")
-        return Evaluation(report, folder, load_scores(storage, folder))
+    existing = latest_report(storage, record, manifest.ref)
+    if existing is not None and not force:
+        return Evaluation(existing, existing.folder, load_scores(storage, existing))
 
     model = load_model(storage, record)
     if manifest.name != record.dataset.name:
@@ -141,8 +134,8 @@ def evaluate_model(
     )
     report.plots = sorted(plots)
     scores = pd.concat(list(scoring.frames.values()), ignore_index=True)
-    _write(storage, folder, report, plots, scores, settings.promotion.max_fold_spread)
-    return Evaluation(report, folder, scores)
+    write_evaluation(storage, report, plots, scores, settings.promotion.max_fold_spread)
+    return Evaluation(report, report.folder, scores)
 
 
 def _evaluated_manifest(
@@ -164,24 +157,6 @@ def _evaluated_manifest(
             "the model's preprocessing settings"
         )
     return manifest
-
-
-def _write(
-    storage: Storage,
-    folder: str,
-    report: EvaluationReport,
-    plots: dict[str, bytes],
-    scores: pd.DataFrame,
-    spread: float | None,
-) -> None:
-    """Plots, scores and documents first, report.json (the commit point) last (`spread`:
-    the gate's fold-spread limit, against which the documents word disagreement)."""
-    for file_name, data in plots.items():
-        storage.write_atomic(f"{folder}/{file_name}", data)
-    storage.write_atomic(f"{folder}/scores.parquet", frame_bytes(scores))
-    storage.write_atomic(f"{folder}/report.md", render_markdown(report, spread).encode())
-    storage.write_atomic(f"{folder}/report.html", render_html(report, plots, spread).encode())
-    report.save(storage, f"{folder}/report.json")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from lungcls.io.records import Part, Record
 from lungcls.io.storage import Storage
 from lungcls.registry.records import model_dir
 
+REPORT = "report.json"
 CONFUSION_COUNTS = ("tp", "fp", "tn", "fn")
 # Above this spread of the folds' ROC AUCs the report says the folds disagree: the promotion
 # gate's default limit, also when the gate is switched off (`promotion.max_fold_spread` null).
@@ -57,7 +58,9 @@ class NamedVersion(Protocol):
 
 
 def evaluation_dir(model: NamedVersion, dataset: NamedVersion) -> str:
-    """Where the evaluation of a model version on a dataset version lives."""
+    """Where the evaluations of a model version on a dataset version live: one numbered
+    folder `v<K>/` each (`io.versions`), `report.json` its commit record; lungcls 0.1 wrote
+    a single evaluation into this folder itself."""
     return f"{model_dir(model.name, model.version)}/evaluations/{dataset.name}-v{dataset.version}"
 
 
@@ -279,19 +282,24 @@ class EvaluationReport(Record):
     plots: list[str]
     class_support: ClassSupport | None = None
     cross_validation: CrossValidationSummary | None = None
+    # The evaluation's own version under `evaluation_dir` and its files' SHA-256s (absent in
+    # reports of lungcls 0.1, written straight into that folder and read unverified).
+    version: int | None = None
+    files: dict[str, str] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
     def _optional_parts_only_when_present(self, handler: SerializerFunctionWrapHandler) -> object:
         data = handler(self)
         if isinstance(data, dict):
-            for part in ("external", "class_support", "cross_validation"):
-                if getattr(self, part) is None:
+            for part in ("external", "class_support", "cross_validation", "version", "files"):
+                if not getattr(self, part) and getattr(self, part) != 0:
                     data.pop(part, None)
         return data
 
     @property
     def folder(self) -> str:
-        return evaluation_dir(self.model, self.dataset)
+        base = evaluation_dir(self.model, self.dataset)
+        return base if self.version is None else f"{base}/v{self.version}"
 
     @property
     def scope(self) -> str:

@@ -37,7 +37,8 @@ from lungcls.dataset.preprocess import preprocess_series
 from lungcls.errors import LungclsError
 from lungcls.evaluate.calibration import calibrate
 from lungcls.evaluate.evaluation import resolve_version
-from lungcls.evaluate.report import Calibration, EvaluationReport, evaluation_dir
+from lungcls.evaluate.report import Calibration
+from lungcls.evaluate.store import latest_report
 from lungcls.ingest.archive import ArchiveRef, ArchiveRejected, archive_kind, discover_archives
 from lungcls.ingest.decode import decode_archive
 from lungcls.ingest.deid import pseudonym, pseudonym_key
@@ -95,10 +96,9 @@ class Scorer:
         its evaluation on its own dataset; 0.5 and raw probabilities when it has none."""
         storage = Storage.from_settings(settings)
         record = resolve_version(storage, settings.model.name, version or "champion")
-        path = f"{evaluation_dir(record, record.dataset)}/report.json"
+        report = latest_report(storage, record, record.dataset)
         threshold, source, calibration = 0.5, "0.5 (no evaluation found)", None
-        if storage.exists(path):
-            report = EvaluationReport.load(storage, path)
+        if report is not None:
             threshold = report.operating_point.threshold
             source = "operating point (val)"
             calibration = report.calibration

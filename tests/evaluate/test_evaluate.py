@@ -19,6 +19,7 @@ from lungcls.dataset.build import build_dataset
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.evaluate.metrics import METRIC_NAMES
 from lungcls.ingest.run import ingest
+from lungcls.io.integrity import IntegrityError
 from lungcls.io.storage import Storage
 from lungcls.predict.batch import predict_batch, predict_source
 from lungcls.registry.aliases import read_alias
@@ -82,6 +83,26 @@ def test_report_has_every_metric_with_intervals(trained: Settings) -> None:
     assert "not a medical device" in storage.read_text(f"{evaluation.folder}/report.md").lower()
     again = evaluate_model(trained)  # inputs are immutable: the report is reused
     assert again.report == report
+
+
+def test_evaluating_again_writes_the_next_version_and_verifies_scores(trained: Settings) -> None:
+    storage = Storage.from_settings(trained)
+    first = evaluate_model(trained)
+    committed = {f: storage.read_bytes(f"{first.folder}/{f}") for f in first.report.files}
+    assert "scores.parquet" in committed and first.report.version is not None
+    second = evaluate_model(trained, force=True)
+    assert second.report.version == first.report.version + 1
+    assert second.folder != first.folder  # a committed evaluation never changes
+    assert all(storage.read_bytes(f"{first.folder}/{f}") == b for f, b in committed.items())
+    assert evaluate_model(trained).report == second.report  # the latest is reused
+    scores = f"{second.folder}/scores.parquet"
+    original = storage.read_bytes(scores)
+    storage.write_atomic(scores, original[:-8] + b"tampered")
+    try:
+        with pytest.raises(IntegrityError, match=r"scores\.parquet"):
+            evaluate_model(trained)
+    finally:
+        storage.write_atomic(scores, original)
 
 
 def test_evaluate_json_prints_key_metrics(trained: Settings, tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_model_of_0_1_0_reproduces_its_stored_scores(old_root: Path) -> None:
         x = torch.from_numpy(np.stack([s.array().astype(np.float32) for s in samples]))
         raw = torch.sigmoid(model(x)).numpy()
     stored = EvaluationReport.load(storage, REPORT_JSON)
-    scores = load_scores(storage, EVALUATION)
+    scores = load_scores(storage, stored)
     test = scores[scores["split"] == "test"].set_index("sample_id")
     assert len(samples) == stored.splits["test"].samples == len(test)
     expected = test.loc[[s.sample_id for s in samples], "raw_score"].to_numpy()
