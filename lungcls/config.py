@@ -241,6 +241,24 @@ class StorageSettings(BaseModel):
         description="The store ignores conditional writes (If-None-Match): run anyway, "
         "keeping overlapping runs apart by leases alone (runs refuse such a store otherwise).",
     )
+    gc_grace_hours: float = Field(
+        24.0,
+        ge=0,
+        description="`lungcls gc` never deletes a file written less than this long ago: a run "
+        "still writing (an ingest, a build, a training run) is far younger.",
+    )
+    gc_keep_checkpoints: int = Field(
+        1,
+        ge=0,
+        description="Ray Train checkpoints `lungcls gc` keeps of each finished training run "
+        "(the newest; its model version holds the weights). Unfinished runs keep all.",
+    )
+    gc_cache_days: float = Field(
+        30.0,
+        gt=0,
+        description="Cached Prefect stage results (prefect-results/) older than this expire: "
+        "`lungcls gc` deletes them, and the next run recomputes what it needs.",
+    )
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,9 @@
     lungcls predict PATH | --batch B    score new series with the champion
     lungcls run [--batch B] [--force]   the `retrain` Prefect flow: every stage, only what is new
     lungcls demo                        `retrain` end to end on a synthetic batch
+    lungcls gc [--apply]                list (dry run) or delete the files no committed record names
+    lungcls erase --patient P | --archive PATH | --report   erase data, refuse it from now on
+    lungcls pseudonym PATIENT_ID        a patient's pseudonym (the key holder; prints only it)
 
 Global options go before the subcommand: `lungcls --root s3://bucket/lungcls ingest`.
 Exit status: 0 when the command ran (quarantined input included), 2 for bad usage or
@@ -33,7 +36,7 @@ from typing import NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from lungcls.cli import data, model, pipeline
+from lungcls.cli import data, erase, gc, model, pipeline
 from lungcls.config import ConfigError
 from lungcls.errors import LungclsError
 from lungcls.io.storage import StorageError
@@ -59,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order the data flows; each module adds its own commands and their options.
-    for register in (pipeline.register_config, data.register, model.register, pipeline.register):
+    registers = (pipeline.register_config, data.register, model.register, pipeline.register)
+    for register in (*registers, gc.register, erase.register):
         register(commands)
     return parser
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import fsspec
@@ -40,6 +41,7 @@ class ObjectInfo:
     path: str  # relative to the storage root
     size: int
     version_tag: str  # ETag on S3, mtime (ns) elsewhere: changes whenever the bytes may have
+    modified: datetime | None = None  # last written (UTC), where the store says (`lungcls gc`)
 
 
 def fsspec_options(root: str, s3_endpoint_url: str | None = None) -> dict[str, Any]:
@@ -153,7 +155,12 @@ class Storage:
         if tag is None:
             mtime = entry.get("mtime") or entry.get("LastModified") or entry.get("created")
             tag = f"mtime:{getattr(mtime, 'timestamp', lambda: mtime)()}"
-        return ObjectInfo(self.rel(entry["name"]), int(entry.get("size") or 0), str(tag).strip('"'))
+        return ObjectInfo(
+            self.rel(entry["name"]),
+            int(entry.get("size") or 0),
+            str(tag).strip('"'),
+            _modified(entry),
+        )
 
     def sha256(self, rel: str) -> str:
         """SHA-256 of an object, streamed in chunks."""
@@ -213,6 +220,17 @@ class Storage:
         finally:
             if os.path.exists(temp):
                 os.unlink(temp)
+
+
+def _modified(entry: dict[str, Any]) -> datetime | None:
+    """When a listed object was last written: S3's LastModified, a file's mtime, memory's
+    creation time; None when the store does not say."""
+    value = entry.get("LastModified") or entry.get("mtime") or entry.get("created")
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC)
+    return None
 
 
 def _fsync_dir(path: str) -> None:
