@@ -38,6 +38,7 @@ from lungcls.dataset.labelling import (
     LabelComparison,
     apply_labels,
     compare_with_parent,
+    refresh_inbox_labels,
     write_version_labels,
 )
 from lungcls.dataset.manifest import (
@@ -67,15 +68,8 @@ from lungcls.dataset.validation import (
     series_frame,
     shard_stats,
 )
-from lungcls.ingest.archive import discover_archives
 from lungcls.ingest.deid import pseudonym_key
-from lungcls.ingest.label_table import (
-    batch_pseudonym,
-    current_labels,
-    labels_fingerprint,
-    refresh_labels,
-    unmatched_labels,
-)
+from lungcls.ingest.label_table import batch_pseudonym, current_labels, labels_fingerprint
 from lungcls.ingest.ledger import Ledger
 from lungcls.io.guard import stage_lease
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
@@ -83,6 +77,7 @@ from lungcls.io.records import Part
 from lungcls.io.runs import new_run_id
 from lungcls.io.storage import Storage
 from lungcls.io.versions import claim_version
+from lungcls.retention.erasure_log import Erased, read_erased, without_erased
 
 SPLIT_METHOD = "HMAC-SHA256 of the patient pseudonym, unless labels.csv assigns one"
 
@@ -93,17 +88,20 @@ def dataset_fingerprint(settings: Settings) -> str:
     refreshed (by ingest, which reads every changed labels.csv, or by a build)."""
     storage = Storage.from_settings(settings)
     labels = labels_fingerprint(storage, settings.dataset.batches)
-    return _fingerprint(Ledger.load(storage), settings, list(_Contracts.load(settings)), labels)
+    contracts = list(_Contracts.load(settings))
+    return _fingerprint(Ledger.load(storage), settings, contracts, labels, read_erased(storage))
 
 
-def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract], labels: str) -> str:
+def _fingerprint(
+    ledger: Ledger, settings: Settings, contracts: list[Contract], labels: str, erased: Erased
+) -> str:
     """Everything a version is a function of; equal fingerprints mean nothing to build.
 
     A series is a function of its archive's bytes, so the ledger's (archive SHA-256, series)
     pairs stand for its metadata and pixels without reading them: the no-new-data check
     stays cheap, and two roots holding the same archives agree. `labels` stands for the
     current labels tables by content (`labels_fingerprint`); it is left out while there are
-    none, so a root ingested before them keeps its fingerprint.
+    none, so a root ingested before them keeps its fingerprint; so is the erasure log.
     """
     batches = settings.dataset.batches
     sources = sorted(
@@ -121,6 +119,8 @@ def _fingerprint(ledger: Ledger, settings: Settings, contracts: list[Contract], 
     }
     if labels:
         payload["labels"] = labels
+    if erased:
+        payload["erased"] = erased.fingerprint()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -185,21 +185,21 @@ def _build(
     key = pseudonym_key(settings, storage)
     # The labels table is ingest's: refreshed under ingest's lease (it is rewritten whole).
     with stage_lease(storage, "ingest", run_id, settings.storage.lease_only):
-        ledger = Ledger.load(storage)
+        ledger, erased = Ledger.load(storage), read_erased(storage)
         # Copies for the summary: without the labels.csv's inbox path (the records keep it).
         labels_quarantined = [
-            item.redacted() for item in _refresh_labels(settings, storage, key, ledger, run_id)
+            item.redacted() for item in refresh_inbox_labels(settings, storage, key, ledger, run_id)
         ]
     contracts = _Contracts.load(settings)
     labels = labels_fingerprint(storage, settings.dataset.batches)
-    fingerprint = _fingerprint(ledger, settings, list(contracts), labels)
+    fingerprint = _fingerprint(ledger, settings, list(contracts), labels, erased)
     versions = list_versions(storage, name)
     parent = load_manifest(storage, name, versions[-1]) if versions else None
     if parent is not None and parent.inputs_fingerprint == fingerprint:
         summary = BuildSummary.up_to_date(parent, time.monotonic() - started)
         summary.quarantined = labels_quarantined
         return summary
-    stamped = series_frame(storage, ledger)
+    stamped = without_erased(series_frame(storage, ledger), erased)
     if settings.dataset.batches is not None:
         # Series name their batch by its pseudonym (those ingested by lungcls 0.1 by name).
         names = settings.dataset.batches
@@ -223,19 +223,6 @@ def _build(
         raise DatasetError(f"{storage.url(ref.manifest_path)} was committed by another writer")
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _refresh_labels(
-    settings: Settings, storage: Storage, key: bytes, ledger: Ledger, run_id: str
-) -> list[QuarantineItem]:
-    """Read every labels.csv of the inbox that changed since it was last read (as ingest
-    does), so that labels corrected without any ingest count; returns what was quarantined."""
-    _, label_files = discover_archives(storage, settings.ingest.inbox)
-    refresh = refresh_labels(storage, key, label_files, run_id)
-    if not refresh.batches:
-        return refresh.quarantined
-    unmatched = unmatched_labels(storage, ledger, current_labels(storage), run_id, refresh.batches)
-    return refresh.quarantined + unmatched
 
 
 def _build_version(

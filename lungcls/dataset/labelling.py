@@ -26,9 +26,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lungcls.config import Settings
 from lungcls.dataset.manifest import LabelChange, Manifest
 from lungcls.dataset.shards import read_shard_metadata
-from lungcls.ingest.label_table import CurrentLabels
+from lungcls.ingest.archive import discover_archives
+from lungcls.ingest.label_matching import unmatched_labels
+from lungcls.ingest.label_table import (
+    CurrentLabels,
+    current_labels,
+    refresh_labels,
+)
+from lungcls.ingest.ledger import Ledger
+from lungcls.io.quarantine import QuarantineItem
 from lungcls.io.storage import Storage
 from lungcls.io.tables import check_columns
 
@@ -177,3 +186,16 @@ def _number(value: Any) -> float | None:
 def _integer(value: Any) -> int | None:
     number = _number(value)
     return None if number is None else int(number)
+
+
+def refresh_inbox_labels(
+    settings: Settings, storage: Storage, key: bytes, ledger: Ledger, run_id: str
+) -> list[QuarantineItem]:
+    """Read every labels.csv of the inbox that changed since it was last read (as ingest
+    does), so that labels corrected without any ingest count; returns what was quarantined."""
+    _, label_files = discover_archives(storage, settings.ingest.inbox)
+    refresh = refresh_labels(storage, key, label_files, run_id)
+    if not refresh.batches:
+        return refresh.quarantined
+    unmatched = unmatched_labels(storage, ledger, current_labels(storage), run_id, refresh.batches)
+    return refresh.quarantined + unmatched

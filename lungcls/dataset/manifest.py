@@ -5,7 +5,8 @@ split and label, the split rule, the contracts and the preprocessing the tensors
 through, and the parent version whose shards it reuses. It is a pure function of the
 inputs (no timestamps, no run ids) and is written last: a version exists once its manifest
 does. `build.json` holds the facts of the run that built it (when, which run, the resolved
-settings, where the validation results are).
+settings, where the validation results are). A version an erasure withdrew (`erased.json`
+beside the manifest) is refused by `load_manifest` and left out of `list_versions`.
 
     manifest = load_manifest(storage, "lung-nodules")      # the latest version
     manifest.shards_of("train"), manifest.tensor_shape, manifest.ref
@@ -27,6 +28,7 @@ from lungcls.io.versions import committed_versions, marker_path, missing_version
 
 MANIFEST = "manifest.json"
 BUILD_RECORD = "build.json"
+WITHDRAWN = "erased.json"  # a version withdrawn by an erasure (`Withdrawal`)
 
 # split -> label ("0", "1") -> samples: keyed by data values, so a mapping, not a record.
 SplitCounts = dict[str, dict[str, int]]
@@ -34,6 +36,12 @@ SplitCounts = dict[str, dict[str, int]]
 
 class DatasetError(LungclsError):
     """A dataset version cannot be built or read; the message says why."""
+
+
+class DatasetWithdrawn(DatasetError):
+    """The version was withdrawn by an erasure; the message names it and what to use."""
+
+    code = "dataset_withdrawn"
 
 
 class DatasetRef(Part):
@@ -282,20 +290,46 @@ class BuildRecord(Record):
         return f"runs/{self.run_id}/validation/data_docs"
 
 
+class Withdrawal(Record):
+    """`datasets/<name>/v<N>/erased.json`: the version is withdrawn. Shards of it held
+    samples of erased data (`lungcls erase`) and were deleted, so it can no longer be read:
+    the one exception to "a committed version never changes" (lungcls.retention)."""
+
+    SCHEMA: ClassVar[str] = "lungcls.dataset-withdrawn/1"
+
+    erasure: int  # the request in the erasure log (`lungcls erase --report`)
+    withdrawn_at: str  # ISO 8601, UTC
+    shards_removed: int
+
+
 def version_dir(name: str, version: int) -> str:
     return f"datasets/{name}/v{version}"
 
 
 def list_versions(storage: Storage, name: str) -> list[int]:
-    """Committed versions (those with a manifest), oldest first."""
-    return committed_versions(storage, f"datasets/{name}", MANIFEST)
+    """Committed versions (those with a manifest) not withdrawn by an erasure, oldest first."""
+    committed = committed_versions(storage, f"datasets/{name}", MANIFEST)
+    return [v for v in committed if not storage.exists(f"{version_dir(name, v)}/{WITHDRAWN}")]
 
 
 def load_manifest(storage: Storage, name: str, version: int | None = None) -> Manifest:
-    """A version's manifest (`None`: the latest), checked against the record's schema."""
+    """A version's manifest (`None`: the latest not withdrawn), checked against the record's
+    schema; a withdrawn version is refused (`DatasetWithdrawn`)."""
+    if version is None and (usable := list_versions(storage, name)):
+        version = usable[-1]
     path = marker_path(storage, f"datasets/{name}", MANIFEST, version)
     if path is None:
         raise DatasetError(missing_version(f"dataset {name!r}", version, "lungcls dataset build"))
+    marker = f"{path.rsplit('/', 1)[0]}/{WITHDRAWN}"
+    if storage.exists(marker):
+        withdrawal = Withdrawal.load(storage, marker)
+        raise DatasetWithdrawn(
+            f"dataset {name!r} {path.split('/')[-2]} was withdrawn by erasure "
+            f"#{withdrawal.erasure} on {withdrawal.withdrawn_at}: {withdrawal.shards_removed} "
+            "of its shards held erased data and were deleted. Use a later version (`lungcls "
+            "dataset list`), and retrain the models trained on this one (`lungcls erase "
+            "--report` lists them)"
+        )
     return Manifest.load(storage, path)
 
 

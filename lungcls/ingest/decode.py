@@ -30,8 +30,17 @@ from lungcls.ingest.dicom_series import (
 from lungcls.ingest.staging import SliceWriter
 from lungcls.io.quarantine import QuarantineItem
 from lungcls.io.storage import Storage, StorageError
+from lungcls.retention.erasure_log import Erased
 
 IGNORED_MEMBERS = {"DICOMDIR"}  # an index of the files beside it, not an image
+ERASED_ARCHIVE = (
+    "these archive bytes were erased from this root (`lungcls erase --report`): a "
+    "re-delivery is refused, and nothing of it is stored"
+)
+ERASED_SERIES = (
+    "this series, or its patient, was erased from this root (`lungcls erase --report`): it "
+    "is refused, and nothing of it is stored"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class ArchiveScan:
     quarantined: list[QuarantineItem] = field(default_factory=list)  # file level
     skipped: dict[str, int] = field(default_factory=dict)
     duplicate_files: int = 0
+    erased: set[str] = field(default_factory=set)  # series refused as erased: never staged
 
 
 def archive_pseudonym(key: bytes, sha256: str, archive_key: str) -> str:
@@ -69,11 +79,19 @@ def archive_pseudonym(key: bytes, sha256: str, archive_key: str) -> str:
 
 
 def scan_archive(
-    storage: Storage, ref: ArchiveRef, options: IngestSettings, key: bytes, staging: str
+    storage: Storage,
+    ref: ArchiveRef,
+    options: IngestSettings,
+    key: bytes,
+    staging: str,
+    erased: Erased | None = None,
 ) -> ArchiveScan:
     """Phase 1: read one archive to its end, staging its slices; never raises for its bytes.
 
-    A refused archive comes back with `rejected` set and nothing staged. Storage failures
+    A refused archive comes back with `rejected` set and nothing staged. What the erasure
+    log names (`erased`) is refused with code `erased` and never staged: an archive with
+    erased bytes whole (a zip before its first member is decoded, other kinds once read),
+    a series of an erased patient (or an erased series) alone. Storage failures
     raise (`StorageError`, `OSError`): a rerun finishes the job. Anything else that goes
     wrong is a bug met on some input: the archive is refused as `internal_error`, named by
     the exception type only (messages can carry header values), and the run goes on.
@@ -83,8 +101,11 @@ def scan_archive(
     writer = SliceWriter(storage, f"{staging}/{pseudonym(key, 'archive', ref.key)}.parquet")
     scan = ArchiveScan(ref.key, "", "", 0)
     skipped: Counter[str] = Counter()
+    erased = erased or Erased()
     try:
         for result in _member_results(reader, source):
+            if reader.sha256 in erased.archives:  # a zip's digest is known before its members
+                raise ArchiveRejected("erased", ERASED_ARCHIVE)
             if isinstance(result, QuarantineItem):
                 scan.quarantined.append(result)
             elif isinstance(result, tuple):
@@ -93,7 +114,9 @@ def scan_archive(
                 skipped[result.code] += 1
             else:
                 for piece in result:
-                    _stage(writer, scan, key, piece)
+                    _stage(writer, scan, key, piece, erased)
+        if reader.sha256 in erased.archives:
+            raise ArchiveRejected("erased", ERASED_ARCHIVE)
         scan.staged = writer.close()
     except (StorageError, OSError):
         raise
@@ -110,6 +133,17 @@ def scan_archive(
     scan.sha256, scan.bytes_read = reader.sha256, reader.bytes_read
     scan.archive_id = archive_pseudonym(key, reader.sha256, ref.key)
     scan.skipped = dict(skipped)
+    for series_id in sorted(scan.erased):
+        scan.incomplete.pop(series_id, None)
+        scan.quarantined.append(
+            QuarantineItem(
+                level="series",
+                code="erased",
+                message=ERASED_SERIES,
+                source_url=source,
+                series_id=series_id,
+            )
+        )
     items = [scan.rejected] if scan.rejected else scan.quarantined
     for item in items:
         item.archive_id = scan.archive_id
@@ -118,13 +152,17 @@ def scan_archive(
     return scan
 
 
-def _stage(writer: SliceWriter, scan: ArchiveScan, key: bytes, piece: CTSlice) -> None:
+def _stage(
+    writer: SliceWriter, scan: ArchiveScan, key: bytes, piece: CTSlice, erased: Erased
+) -> None:
     series_id = pseudonym(key, "series", piece.series_uid)
     known = scan.series.get(series_id)
     if known is None:
-        known = StagedSeries(
-            pseudonym(key, "study", piece.study_uid), pseudonym(key, "patient", piece.patient_id), 0
-        )
+        patient_id = pseudonym(key, "patient", piece.patient_id)
+        if series_id in scan.erased or erased.refuses(patient_id, series_id):
+            scan.erased.add(series_id)
+            return
+        known = StagedSeries(pseudonym(key, "study", piece.study_uid), patient_id, 0)
     scan.series[series_id] = StagedSeries(known.study_id, known.patient_id, known.slices + 1)
     instance_id = pseudonym(key, "instance", piece.sop_uid)
     writer.add(piece, series_id, known.study_id, known.patient_id, instance_id)

@@ -35,7 +35,6 @@ import io
 import json
 import posixpath
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -45,8 +44,6 @@ import pyarrow.parquet as pq
 
 from lungcls.ingest.deid import pseudonym
 from lungcls.ingest.labels import BatchLabels, Label, read_labels
-from lungcls.ingest.ledger import Ledger
-from lungcls.ingest.series_store import read_series_index
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.storage import ObjectInfo, Storage
 from lungcls.io.tables import check_columns
@@ -273,11 +270,8 @@ def _record_version(
     batch_id = batch_pseudonym(key, batch)
     unreadable = any(p.code == "labels_unreadable" for p in parsed.problems)
     number = 1 + max((e.version for e in history.entries if e.batch == batch), default=0)
-    table = (
-        "" if unreadable else f"{LABELS_DIR}/{batch_id}/v{number}-{uuid.uuid4().hex[:8]}.parquet"
-    )
+    table = "" if unreadable else _new_table_path(batch_id, number)
     if table:
-        table += ".parquet"  # a unique name: a row that names it is what makes it count
         _write_table(storage, table, parsed.labels)
     version = LabelsVersion(
         batch=batch,
@@ -296,6 +290,33 @@ def _record_version(
     )
     history.entries.append(version)
     return version
+
+
+def remove_label_rows(storage: Storage, keys: Collection[str]) -> int:
+    """Rewrite every labels version holding a row that names one of `keys` (pseudonyms of
+    erased patients, studies or series) without it, under a new name; the history then
+    names the new table and the old one is removed (`lungcls erase`). Returns the rows
+    removed."""
+    history = LabelsHistory.load(storage)
+    removed, replaced = 0, []
+    for index, version in enumerate(history.entries):
+        if not version.table:
+            continue
+        labels = _read_table(storage, version.table).labels
+        kept = [x for x in labels if x.key not in keys]
+        if len(kept) < len(labels):
+            table = _new_table_path(version.batch_id, version.version)
+            _write_table(storage, table, kept)
+            history.entries[index] = replace(
+                version, table=table, rows=len(kept), rows_sha256=_labels_digest(kept)
+            )
+            removed += len(labels) - len(kept)
+            replaced.append(version.table)
+    if replaced:
+        history.save(storage)  # the new tables count from here on; then the old ones go
+        for rel in replaced:
+            storage.remove(rel)
+    return removed
 
 
 def _new_table_path(batch_id: str, number: int) -> str:
@@ -365,43 +386,3 @@ def current_labels(storage: Storage) -> CurrentLabels:
 def labels_fingerprint(storage: Storage, batches: Collection[str] | None = None) -> str:
     """Which labels are current, by content ("" when none): reads the history only."""
     return LabelsHistory.load(storage).fingerprint(batches)
-
-
-def unmatched_labels(
-    storage: Storage,
-    ledger: Ledger,
-    labels: CurrentLabels,
-    run_id: str,
-    batches: Collection[str],
-) -> list[QuarantineItem]:
-    """Quarantine the rows of the current labels of `batches` that name no ingested series
-    of their batch (`labels_unmatched`).
-
-    Called for the batches whose labels or series changed in a run, so that an unchanged
-    file is not reported again every run; a batch with no series yet (labels delivered
-    before their archives) is left until its archives are ingested.
-    """
-    index = read_series_index(storage, ledger).select(
-        ["batch", "series_id", "study_id", "patient_id"]
-    )
-    known: dict[str, set[str]] = defaultdict(set)
-    for row in index.to_pylist():
-        bid = labels.batch_id(row["batch"])
-        if bid is not None:
-            known[bid].update((row["series_id"], row["study_id"], row["patient_id"]))
-    items = []
-    for bid in sorted({b for b in map(labels.batch_id, batches) if b in known}):
-        version = labels.versions[bid]
-        items += [
-            QuarantineItem(
-                level="labels",
-                code="labels_unmatched",
-                # No batch name here: copies of the message leave the operator's view.
-                message=f"row names a {label.level} that no ingested series of its batch has",
-                source_url=storage.url(version.source),
-                row=label.row,
-            )
-            for label in labels.tables[bid].labels
-            if label.key not in known[bid]
-        ]
-    return write_quarantine(storage, run_id, items)

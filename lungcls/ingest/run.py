@@ -30,11 +30,11 @@ from lungcls.ingest.archive import ArchiveRef, discover_archives
 from lungcls.ingest.assemble import GroupOutcome, SeriesGroup, assemble_group, group_scans
 from lungcls.ingest.decode import ArchiveScan, scan_archive
 from lungcls.ingest.deid import pseudonym_key
+from lungcls.ingest.label_matching import unmatched_labels
 from lungcls.ingest.label_table import (
     batch_pseudonym,
     current_labels,
     refresh_labels,
-    unmatched_labels,
 )
 from lungcls.ingest.ledger import Ledger, LedgerEntry
 from lungcls.ingest.staging import staging_folder
@@ -44,6 +44,7 @@ from lungcls.io.guard import stage_lease
 from lungcls.io.quarantine import QuarantineItem, write_quarantine
 from lungcls.io.runs import new_run_id
 from lungcls.io.storage import Storage
+from lungcls.retention.erasure_log import Erased, read_erased
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def ingest(
     run = _Run(settings, storage, key, new_run_id("ingest"), progress)
     # One ingest at a time per root: a second waits, then finds done what the first did.
     with stage_lease(storage, "ingest", run.run_id, settings.storage.lease_only):
+        run.erased = read_erased(storage)  # what was erased never comes back (`erased`)
         return _ingest(run, batch, retry_rejected)
 
 
@@ -188,6 +190,7 @@ class _Run:
         self.disable_bars = None if progress is None else not progress
         self.last_save = time.monotonic()
         self.unsaved = False  # ledger rows committed in memory since the last save
+        self.erased = Erased()  # the erasure log, read under the lease
 
     def scan(
         self, todo: list[ArchiveRef], ledger: Ledger, reasons: dict[str, str], judged_by: str
@@ -195,7 +198,14 @@ class _Run:
         """Phase 1. Archives that are refused, hold no series, or turn out byte-identical to
         the version already ingested are committed here; the rest go on to assembly."""
         jobs = [
-            (self.storage, a, self.settings.ingest, self.key, staging_folder(self.run_id))
+            (
+                self.storage,
+                a,
+                self.settings.ingest,
+                self.key,
+                staging_folder(self.run_id),
+                self.erased,
+            )
             for a in todo
         ]
         refs = {a.key: a for a in todo}
@@ -206,7 +216,8 @@ class _Run:
             ref = refs[scan.key]
             self.summary.bytes_read += scan.bytes_read
             previous = ledger.current(ref.key)
-            if reasons[ref.key] == "changed" and previous and scan.sha256 == previous.sha256:
+            same = reasons[ref.key] == "changed" and previous and scan.sha256 == previous.sha256
+            if same and not (scan.rejected and scan.rejected.code == "erased"):
                 # Touched but byte-identical: keep the old version, drop what was staged.
                 ledger.retag(ref.key, ref.version_tag)
                 self.unsaved = True

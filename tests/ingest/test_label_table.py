@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from lungcls.config import Settings
 from lungcls.ingest.archive import discover_archives
 from lungcls.ingest.deid import pseudonym
+from lungcls.ingest.label_matching import unmatched_labels
 from lungcls.ingest.label_table import (
     HISTORY_PATH,
     LabelsHistory,
@@ -20,7 +21,6 @@ from lungcls.ingest.label_table import (
     current_labels,
     labels_fingerprint,
     refresh_labels,
-    unmatched_labels,
 )
 from lungcls.ingest.ledger import LOG_DIR, Ledger
 from lungcls.ingest.run import ingest
