@@ -33,11 +33,9 @@ hundred bytes each): `stale_lease_files` lists them for garbage collection.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +43,8 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 from lungcls.errors import LungclsError
-from lungcls.io.records import Part, Record
+from lungcls.io.holders import LeaseHolder, this_process
+from lungcls.io.records import Record
 from lungcls.io.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -77,35 +76,6 @@ class LeaseLost(LungclsError):
     """This run's lease expired before it could be renewed; another run may hold it now."""
 
     code = "lease_lost"
-
-
-class LeaseHolder(Part):
-    """Who holds a lease: enough to find the process, nothing about the data.
-
-    `process_space` names the kernel boot and PID namespace the pid belongs to: an acquirer
-    in the same one can see whether the holder still runs, and need not wait out the ttl of
-    a holder killed with `kill -9` (hostnames alone repeat across containers)."""
-
-    host: str
-    pid: int
-    run_id: str
-    process_space: str | None = None
-
-    def is_gone(self) -> bool:
-        """True only when this process can tell for sure that the holder no longer runs."""
-        if self.process_space is None or self.process_space != process_space():
-            return False
-        try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                state = stat.read().rsplit(")", 1)[-1].split()[0]
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return state in ("Z", "X")  # killed, not yet reaped by its parent
-
-    def describe(self) -> str:
-        return f"run {self.run_id} (pid {self.pid} on {self.host})"
 
 
 class LeaseClaim(Record):
@@ -280,12 +250,7 @@ def hold_lease(
     if not 0 <= settle_s < ttl_s / 4:
         raise ValueError(f"a lease of ttl {ttl_s} s cannot wait {settle_s} s to settle")
     if isinstance(holder, str):
-        holder = LeaseHolder(
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            run_id=holder,
-            process_space=process_space(),
-        )
+        holder = this_process(holder)
     started = time.monotonic()
     deadline = None if timeout_s is None else started + timeout_s
     poll_s = min(1.0, ttl_s / 10)
@@ -315,17 +280,6 @@ def hold_lease(
             announced = True
         remaining = poll_s if deadline is None else max(0.0, deadline - time.monotonic())
         time.sleep(min(remaining, random.uniform(poll_s / 2, poll_s)))
-
-
-def process_space() -> str | None:
-    """This process's kernel boot and PID namespace (Linux), or None where /proc cannot say."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            boot_id = boot.read().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-    return f"{boot_id}:{namespace}"
 
 
 def current_lease(storage: Storage, stage: str) -> LeaseState | None:

@@ -26,6 +26,7 @@ from lungcls.pipeline import RetrainSummary
 from lungcls.registry.aliases import read_alias
 from lungcls.registry.decisions import read_decisions
 from lungcls.registry.store import list_model_versions, load_record
+from lungcls.retention.gc import apply_gc, plan_gc
 from lungcls.sources.synth import SynthOptions, synth_batch
 from lungcls.train.runs import History, read_history
 from tests.support import (
@@ -38,6 +39,8 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.slow
+# A clean retrain leaves no unfinished version, orphan shard or series for gc to find.
+NEVER_COLLECTED_HERE = {"uncommitted_version", "unreferenced_shard", "orphan_series"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,8 +95,17 @@ def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
     assert _tree_digest(root, "ledger", "series", "datasets", "models", "ray-train") == before
     assert "nothing to do" in flow_run_artifacts(again_id)["ingest-summary"][0].data
 
+    # gc after a whole retrain (no grace): it reclaims what finished runs left (Ray Train's
+    # checkpoints beyond the one kept, Prefect's cache) and nothing a record names.
+    collect = settings.model_copy(
+        update={"storage": settings.storage.model_copy(update={"gc_grace_hours": 0})}
+    )
+    gone = apply_gc(storage, plan_gc(storage, collect))
+    assert gone.removed_files > 0 and gone.removed_bytes > 0, gone
+    assert not any(r.reason in NEVER_COLLECTED_HERE for r in gone.removed), gone.removed
+
     # 3. A second batch: only it is ingested; version 2 reuses shards; a new candidate is
-    #    trained on it, evaluated and gated.
+    #    trained on it, evaluated and gated (after gc: nothing it needed went).
     new = synth_batch(storage, "b2", SynthOptions(scans=12, seed=77, **FLOW_SCANS))
     third, _ = _retrain(config, root)
     archives_b2 = len(list((root / "inbox" / "b2").glob("archive-*")))

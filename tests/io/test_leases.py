@@ -23,14 +23,13 @@ from pathlib import Path
 import pytest
 
 from lungcls.config import Settings
+from lungcls.io.holders import LeaseHolder, process_space
 from lungcls.io.leases import (
     LEASES_DIR,
     LeaseHeld,
-    LeaseHolder,
     LeaseLost,
     current_lease,
     hold_lease,
-    process_space,
     stale_lease_files,
 )
 from lungcls.io.storage import Storage

@@ -185,13 +185,13 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
     from lungcls.train.folds import read_oof_scores
 
     settings = _prepared(
-        shared_root, train={**TINY["train"], "epochs": 2, "folds": 3, "select_epoch": "last"}
+        shared_root, train={**TINY["train"], "epochs": 2, "folds": 2, "select_epoch": "last"}
     )
     storage = Storage.from_settings(settings)
     result = train_model(settings)
     record = load_record(storage, settings.model.name)
     cv = record.cross_validation
-    assert cv is not None and [f.fold for f in cv.folds] == [0, 1, 2]
+    assert cv is not None and [f.fold for f in cv.folds] == [0, 1]
     assert result.cross_validation == cv and result.best_val_auc == cv.oof_auc
     assert all(f.best_epoch == f.epochs_run - 1 == 1 for f in cv.folds)  # select_epoch: last
 
@@ -213,7 +213,7 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
 
     # The published network is the average of the fold models' logits, scripted alike.
     model = load_model(storage, record)
-    assert isinstance(model, Ensemble) and len(model.members) == 3
+    assert isinstance(model, Ensemble) and len(model.members) == 2
     x = torch.rand(3, 1, 16, 16, 16)
     members = torch.stack([m(x) for m in model.members]).mean(dim=0)
     assert torch.allclose(model(x), members, atol=1e-6)
@@ -222,17 +222,17 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
 
     # Evaluation fits calibration and the operating point on the out-of-fold scores.
     report = evaluate_model(settings).report
-    assert report.operating_point.chosen_on.startswith("out-of-fold scores of 3 folds")
+    assert report.operating_point.chosen_on.startswith("out-of-fold scores of 2 folds")
     assert report.splits["oof"].samples == len(samples) and "val" not in report.splits
 
-    # A run killed after two folds resumes with the third only (kept folds are not redone).
+    # A run killed after one fold resumes with the second only (kept folds are not redone).
     run = load_run(storage, result.run_id)
     run.model_copy(update={"status": "running", "model_version": None}).save(
         storage, f"runs/{result.run_id}/train.json"
     )
     kept = storage.read_bytes(f"runs/{result.run_id}/folds/0.json")
-    storage.remove(f"runs/{result.run_id}/folds/2.json")
+    storage.remove(f"runs/{result.run_id}/folds/1.json")
     again = train_model(settings, resume=True)
     assert again.run_id == result.run_id and again.model_version == 2
     assert storage.read_bytes(f"runs/{result.run_id}/folds/0.json") == kept
-    assert storage.exists(f"runs/{result.run_id}/folds/2.json")
+    assert storage.exists(f"runs/{result.run_id}/folds/1.json")
