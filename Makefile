@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo run test lint bench bench-real bench-lidc server deploy worker screenshot clean stack stack-down
+.PHONY: setup demo run test stress lint bench bench-real bench-lidc server deploy worker screenshot clean stack stack-down
 
 setup: $(STAMP)
 
@@ -47,6 +47,17 @@ test: setup
 	mkdir -p $(WORK)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=12 \
 		--basetemp=$(WORK)/pytest
+
+# The overlap and kill -9 tests (tests/overlap) at issue 15's numbers: 10 rounds of runs at
+# once, 20 kills per stage, real `lungcls train` runs killed too (`make test` runs one round).
+STRESS_OVERLAP_ROUNDS ?= 10
+STRESS_KILL_ROUNDS ?= 20
+stress: setup
+	mkdir -p $(WORK)
+	LUNGCLS_STRESS=1 LUNGCLS_OVERLAP_ROUNDS=$(STRESS_OVERLAP_ROUNDS) \
+		LUNGCLS_KILL_ROUNDS=$(STRESS_KILL_ROUNDS) \
+		$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=12 \
+		--basetemp=$(WORK)/pytest tests/overlap
 
 lint: setup
 	$(BIN)/ruff check .
