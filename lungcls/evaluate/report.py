@@ -292,7 +292,7 @@ class EvaluationReport(Record):
         data = handler(self)
         if isinstance(data, dict):
             for part in ("external", "class_support", "cross_validation", "version", "files"):
-                if not getattr(self, part) and getattr(self, part) != 0:
+                if getattr(self, part) in (None, {}):
                     data.pop(part, None)
         return data
 
