@@ -33,12 +33,13 @@ class AliasPointer(Record):
 @dataclass(frozen=True)
 class AliasState:
     """An alias as read: `sequence` is its current pointer's number (0: never set), the one a
-    move must follow."""
+    move must follow; `decision` is the id of the decision that made the current move."""
 
     alias: str
     sequence: int
     version: int | None
     previous_version: int | None
+    decision: str | None = None
 
 
 def alias_dir(name: str, alias: str) -> str:
@@ -56,7 +57,7 @@ def read_alias(storage: Storage, name: str, alias: str) -> AliasState:
         return AliasState(alias, 0, None, None)
     sequence, path = pointers[-1]
     current = AliasPointer.from_json(storage.read_bytes(path), storage.url(path))
-    return AliasState(alias, sequence, current.version, current.previous_version)
+    return AliasState(alias, sequence, current.version, current.previous_version, current.decision)
 
 
 def move_alias(

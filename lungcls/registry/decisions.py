@@ -102,6 +102,12 @@ def log_decision(storage: Storage, decision: Decision) -> str:
     return rel
 
 
+def decision_logged(storage: Storage, name: str, decision_id: str) -> bool:
+    """Whether the decision `decision_id` is in the model's log (its file name ends in it)."""
+    suffix = f"-{decision_id}.json"
+    return any(info.path.endswith(suffix) for info in storage.list_files(decisions_dir(name)))
+
+
 def read_decisions(storage: Storage, name: str) -> list[Decision]:
     """Every decision ever logged for a model, oldest first."""
     decisions = [

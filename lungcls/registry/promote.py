@@ -27,7 +27,7 @@ from lungcls.evaluate.report import EvaluationReport
 from lungcls.io.artifacts import number
 from lungcls.io.storage import Storage
 from lungcls.registry.aliases import AliasState, move_alias, read_alias
-from lungcls.registry.decisions import Decision, Gate, Outcome, log_decision
+from lungcls.registry.decisions import Decision, Gate, Outcome, decision_logged, log_decision
 from lungcls.registry.store import load_record
 
 CHAMPION = "champion"
@@ -202,6 +202,16 @@ def _logged(storage: Storage, decision: Decision) -> Decision:
     return decision
 
 
+def _unlogged_move(storage: Storage, name: str, state: AliasState, version: int) -> bool:
+    """Whether the champion's current pointer moved it to `version` under a decision that
+    was never logged (its run was killed between the two writes)."""
+    return (
+        state.version == version
+        and state.decision is not None
+        and not decision_logged(storage, name, state.decision)
+    )
+
+
 def promote(settings: Settings, version: int | None = None, name: str | None = None) -> Decision:
     """Gate a candidate (default: the latest version) and make it champion if it passes."""
     storage = Storage.from_settings(settings)
@@ -209,11 +219,16 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
     record = load_record(storage, name, version)
     state = read_alias(storage, name, CHAMPION)
     at, decision_id = _now(), secrets.token_hex(4)
+    before = state.version
+    if _unlogged_move(storage, name, state, record.version):
+        # A promotion moved the champion here and was killed before it logged why: this run
+        # logs that decision, under the move's id, against the champion it replaced.
+        decision_id, before = str(state.decision), state.previous_version
     evaluation = evaluate_model(settings, name, record.version)
     gates = _absolute_gates(evaluation.report, settings.promotion)
-    challenges = state.version is not None and state.version != record.version
+    challenges = before is not None and before != record.version
     if challenges and _split_supports_gates(evaluation.report):
-        gates.append(_non_inferiority(settings, evaluation, state.version))
+        gates.append(_non_inferiority(settings, evaluation, before))
     outcome: Outcome
     if any(not g.passed for g in gates):
         outcome, after = "rejected", state.version
@@ -228,7 +243,7 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
         action="promote",
         model=name,
         candidate_version=record.version,
-        champion_before=state.version,
+        champion_before=before,
         outcome=outcome,
         champion_after=after,
         gates=gates,

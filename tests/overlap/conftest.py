@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.ingest.run import ingest
@@ -68,7 +69,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("s3", f"s3://{bucket}", endpoint, tmp_path)
 
 
-def _template(tmp_path_factory: pytest.TempPathFactory, name: str, source: Storage | None):
+def _template(
+    tmp_path_factory: pytest.TempPathFactory, name: str, source: Storage | None
+) -> Settings:
     folder = tmp_path_factory.mktemp(name)
     settings = make_settings(folder / "root", folder, **PIPELINE)
     if source is not None:
@@ -77,7 +80,7 @@ def _template(tmp_path_factory: pytest.TempPathFactory, name: str, source: Stora
 
 
 @pytest.fixture(scope="session")
-def ingested_template(tmp_path_factory: pytest.TempPathFactory):
+def ingested_template(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A local root with the pipeline's batch ingested (read-only: copy it)."""
     settings = _template(tmp_path_factory, "ingested", None)
     synth_batch(Storage.from_settings(settings), "b1", PIPELINE_SCANS)
@@ -86,7 +89,9 @@ def ingested_template(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def dataset_template(tmp_path_factory: pytest.TempPathFactory, ingested_template):
+def dataset_template(
+    tmp_path_factory: pytest.TempPathFactory, ingested_template: Settings
+) -> Settings:
     """`ingested_template` with dataset version 1 built."""
     settings = _template(tmp_path_factory, "dataset", Storage.from_settings(ingested_template))
     assert build_dataset(settings, progress=False).created
@@ -94,7 +99,9 @@ def dataset_template(tmp_path_factory: pytest.TempPathFactory, ingested_template
 
 
 @pytest.fixture(scope="session")
-def model_template(tmp_path_factory: pytest.TempPathFactory, dataset_template):
+def model_template(
+    tmp_path_factory: pytest.TempPathFactory, dataset_template: Settings
+) -> Settings:
     """`dataset_template` with model v1 (trained without Ray, deterministic)."""
     settings = _template(tmp_path_factory, "model", Storage.from_settings(dataset_template))
     assert train_in_process(settings, steps=3) == 1
@@ -102,7 +109,9 @@ def model_template(tmp_path_factory: pytest.TempPathFactory, dataset_template):
 
 
 @pytest.fixture(scope="session")
-def promotion_template(tmp_path_factory: pytest.TempPathFactory, model_template):
+def promotion_template(
+    tmp_path_factory: pytest.TempPathFactory, model_template: Settings
+) -> Settings:
     """`model_template` with v1 evaluated and champion, and a candidate v2 not evaluated."""
     settings = _template(tmp_path_factory, "promotion", Storage.from_settings(model_template))
     evaluate_model(settings)

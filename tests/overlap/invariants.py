@@ -169,15 +169,17 @@ def promotion_outcome(storage: Storage, name: str) -> dict[str, Any]:
 
 def assert_aliases_whole(storage: Storage, name: str) -> None:
     """The champion's pointers are numbered 1..n, each moved from where the one before
-    pointed, to a committed model version."""
+    pointed, to a committed model version, by a decision in the log."""
     files = storage.list_files(alias_dir(name, CHAMPION))
     pointers = [json.loads(storage.read_bytes(f.path)) for f in files if f.path.endswith(".json")]
     numbers = [int(f.path.rsplit("/", 1)[-1][:-5]) for f in files if f.path.endswith(".json")]
     assert numbers == list(range(1, len(numbers) + 1)), numbers
     committed = set(list_model_versions(storage, name))
+    logged = {decision.id for decision in read_decisions(storage, name)}
     previous = None
     for pointer in pointers:
         assert pointer["version"] in committed and pointer["previous_version"] == previous
+        assert pointer["decision"] in logged, f"no decision logged for {pointer}"
         previous = pointer["version"]
 
 

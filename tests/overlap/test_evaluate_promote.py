@@ -5,12 +5,17 @@ verifies."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 from lungcls.config import Settings
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.evaluate.report import REPORT, evaluation_dir
 from lungcls.evaluate.store import latest_report
 from lungcls.io.storage import Storage
-from lungcls.registry.promote import promote
+from lungcls.registry.aliases import read_alias
+from lungcls.registry.decisions import read_decisions
+from lungcls.registry.promote import CHAMPION, promote
 from lungcls.registry.store import load_record
 from tests.overlap.conftest import PIPELINE
 from tests.overlap.harness import (
@@ -36,8 +41,16 @@ from tests.overlap.invariants import (
     promotion_outcome,
     version_folders,
 )
+from tests.support import make_settings
 
 MODEL = "lung-nodule-cnn"
+# `lungcls promote`, killed right after it moved the champion, before it logged its decision.
+KILLED_BEFORE_LOGGING = (
+    "import os, signal, sys; import lungcls.registry.promote as promotion; "
+    "from lungcls.cli import main; "
+    "promotion._logged = lambda storage, decision: os.kill(os.getpid(), signal.SIGKILL); "
+    "main(['--config', sys.argv[1], 'promote'])"
+)
 
 
 def _root(backend: Backend, name: str, template: Settings) -> tuple[Settings, Storage]:
@@ -117,3 +130,28 @@ def test_killed_promotion_run_again_gives_a_clean_ones_champion(
     assert_evaluations_verify(storage)
     assert_no_orphans(storage, settings)
     assert_root_verifies(storage)  # every committed record, whatever the stage
+
+
+def test_a_promotion_killed_between_moving_and_logging_is_logged_by_its_rerun(
+    tmp_path: Path, promotion_template: Settings
+) -> None:
+    """The one point of a promotion that random kills hardly ever hit: the champion moved,
+    its decision not logged yet. The rerun logs that move's decision, under the id the
+    pointer names, against the champion it replaced, with every gate (local root only:
+    nothing here depends on the store)."""
+    settings = make_settings(tmp_path / "root", tmp_path, **PIPELINE)
+    storage = Storage.from_settings(settings)
+    copy_root(Storage.from_settings(promotion_template), storage)
+    killed = Runner(settings, tmp_path / "runs").start_python("promote", KILLED_BEFORE_LOGGING)
+    assert killed.popen.wait() == -signal.SIGKILL
+    moved = read_alias(storage, MODEL, CHAMPION)
+    assert (moved.previous_version, moved.version) == (1, 2)
+    assert moved.decision not in {d.id for d in read_decisions(storage, MODEL)}
+
+    decision = promote(settings)
+    assert decision.id == moved.decision and decision.outcome == "promoted"
+    assert (decision.champion_before, decision.champion_after) == (1, 2)
+    assert "non_inferiority" in {gate.name for gate in decision.gates}
+    assert read_alias(storage, MODEL, CHAMPION) == moved  # nothing moved again
+    assert_aliases_whole(storage, MODEL)
+    assert promote(settings).champion_before == 2  # logged now: an ordinary rerun again
