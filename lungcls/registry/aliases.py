@@ -18,7 +18,8 @@ from lungcls.io.storage import Storage
 
 class AliasPointer(Record):
     """One move of an alias: where it points, where it pointed before, and which decision
-    moved it."""
+    (a promotion or a rollback) moved it. Pointers written before 0.3 name no action: they
+    were promotions."""
 
     SCHEMA: ClassVar[str] = "lungcls.alias/1"
     LEGACY_UNTAGGED: ClassVar[bool] = True
@@ -28,18 +29,22 @@ class AliasPointer(Record):
     previous_version: int | None
     decision: str
     at: str
+    action: str = "promote"
 
 
 @dataclass(frozen=True)
 class AliasState:
     """An alias as read: `sequence` is its current pointer's number (0: never set), the one a
-    move must follow; `decision` is the id of the decision that made the current move."""
+    move must follow; `decision`, `action` and `at` say which decision made the current move,
+    of which kind and when."""
 
     alias: str
     sequence: int
     version: int | None
     previous_version: int | None
     decision: str | None = None
+    action: str | None = None
+    at: str | None = None
 
 
 def alias_dir(name: str, alias: str) -> str:
@@ -57,11 +62,24 @@ def read_alias(storage: Storage, name: str, alias: str) -> AliasState:
         return AliasState(alias, 0, None, None)
     sequence, path = pointers[-1]
     current = AliasPointer.from_json(storage.read_bytes(path), storage.url(path))
-    return AliasState(alias, sequence, current.version, current.previous_version, current.decision)
+    return AliasState(
+        alias,
+        sequence,
+        current.version,
+        current.previous_version,
+        current.decision,
+        current.action,
+        current.at,
+    )
 
 
 def move_alias(
-    storage: Storage, name: str, state: AliasState, version: int, decision_id: str
+    storage: Storage,
+    name: str,
+    state: AliasState,
+    version: int,
+    decision_id: str,
+    action: str = "promote",
 ) -> bool:
     """Point `state.alias` at `version` if nobody moved it since `state` was read."""
     pointer = AliasPointer(
@@ -70,6 +88,7 @@ def move_alias(
         previous_version=state.version,
         decision=decision_id,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
+        action=action,
     )
     rel = f"{alias_dir(name, state.alias)}/{state.sequence + 1:08d}.json"
     return pointer.save(storage, rel, exclusive=True)

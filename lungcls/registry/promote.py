@@ -189,10 +189,10 @@ def _non_inferiority(settings: Settings, candidate: Evaluation, champion_version
 
 
 def _move(
-    storage: Storage, name: str, state: AliasState, version: int, decision_id: str
+    storage: Storage, name: str, state: AliasState, version: int, decision_id: str, action: str
 ) -> tuple[bool, int | None]:
     """Move the champion; returns whether this call moved it, and where it points now."""
-    if move_alias(storage, name, state, version, decision_id):
+    if move_alias(storage, name, state, version, decision_id, action):
         return True, version
     return False, read_alias(storage, name, CHAMPION).version  # another move came first
 
@@ -202,14 +202,39 @@ def _logged(storage: Storage, decision: Decision) -> Decision:
     return decision
 
 
-def _unlogged_move(storage: Storage, name: str, state: AliasState, version: int) -> bool:
-    """Whether the champion's current pointer moved it to `version` under a decision that
-    was never logged (its run was killed between the two writes)."""
-    return (
-        state.version == version
-        and state.decision is not None
-        and not decision_logged(storage, name, state.decision)
+def _unlogged(storage: Storage, name: str, state: AliasState) -> bool:
+    """Whether the champion's current pointer was moved by a decision that was never logged
+    (its run was killed between the two writes)."""
+    return state.decision is not None and not decision_logged(storage, name, state.decision)
+
+
+def _settle(settings: Settings, storage: Storage, name: str, state: AliasState) -> AliasState:
+    """Log the decision of a move whose run was killed before logging it, so that every
+    pointer's decision is in the log before the champion moves again: a rollback as it was,
+    a promotion by running it again (it logs under the move's id, with every gate). Returns
+    the champion as it is now."""
+    if not _unlogged(storage, name, state) or state.version is None:
+        return state
+    if state.action == "rollback":
+        _log_killed_rollback(storage, name, state)
+    else:
+        promote(settings, state.version, name)
+    return read_alias(storage, name, CHAMPION)
+
+
+def _log_killed_rollback(storage: Storage, name: str, state: AliasState) -> Decision:
+    """The decision of the rollback that made `state` and was killed before logging it."""
+    decision = Decision(
+        id=str(state.decision),
+        at=_now(),
+        action="rollback",
+        model=name,
+        candidate_version=state.version,
+        champion_before=state.previous_version,
+        outcome="rolled_back",
+        champion_after=state.version,
     )
+    return _logged(storage, decision)
 
 
 def promote(settings: Settings, version: int | None = None, name: str | None = None) -> Decision:
@@ -218,9 +243,12 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
     name = name or settings.model.name
     record = load_record(storage, name, version)
     state = read_alias(storage, name, CHAMPION)
-    at, decision_id = _now(), secrets.token_hex(4)
-    before = state.version
-    if _unlogged_move(storage, name, state, record.version):
+    rerun = state.action == "promote" and state.version == record.version
+    killed_here = rerun and _unlogged(storage, name, state)
+    if not killed_here:
+        state = _settle(settings, storage, name, state)  # logged before this decision
+    at, decision_id, before = _now(), secrets.token_hex(4), state.version
+    if killed_here:
         # A promotion moved the champion here and was killed before it logged why: this run
         # logs that decision, under the move's id, against the champion it replaced.
         decision_id, before = str(state.decision), state.previous_version
@@ -235,7 +263,7 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
     elif state.version == record.version:
         outcome, after = "promoted", state.version  # already champion: nothing moves
     else:
-        moved, after = _move(storage, name, state, record.version, decision_id)
+        moved, after = _move(storage, name, state, record.version, decision_id, "promote")
         outcome = "promoted" if moved else "lost_race"
     decision = Decision(
         id=decision_id,
@@ -253,16 +281,20 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
 
 
 def rollback(settings: Settings, name: str | None = None) -> Decision:
-    """Point the champion back at the version it replaced."""
+    """Point the champion back at the version it replaced. A rollback killed between moving
+    the champion and logging is finished by its rerun: it logs that move and moves nothing."""
     storage = Storage.from_settings(settings)
     name = name or settings.model.name
     state = read_alias(storage, name, CHAMPION)
+    if _unlogged(storage, name, state) and state.action == "rollback":
+        return _log_killed_rollback(storage, name, state)
+    state = _settle(settings, storage, name, state)
     at, decision_id = _now(), secrets.token_hex(4)
     outcome: Outcome
     if state.previous_version is None:
         outcome, after = "nothing_to_roll_back", state.version
     else:
-        moved, after = _move(storage, name, state, state.previous_version, decision_id)
+        moved, after = _move(storage, name, state, state.previous_version, decision_id, "rollback")
         outcome = "rolled_back" if moved else "lost_race"
     decision = Decision(
         id=decision_id,

@@ -13,9 +13,9 @@ from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.evaluate.report import REPORT, evaluation_dir
 from lungcls.evaluate.store import latest_report
 from lungcls.io.storage import Storage
-from lungcls.registry.aliases import read_alias
+from lungcls.registry.aliases import AliasState, read_alias
 from lungcls.registry.decisions import read_decisions
-from lungcls.registry.promote import CHAMPION, promote
+from lungcls.registry.promote import CHAMPION, promote, rollback
 from lungcls.registry.store import load_record
 from tests.overlap.conftest import PIPELINE
 from tests.overlap.harness import (
@@ -44,12 +44,13 @@ from tests.overlap.invariants import (
 from tests.support import make_settings
 
 MODEL = "lung-nodule-cnn"
-# `lungcls promote`, killed right after it moved the champion, before it logged its decision.
+# `lungcls promote` or `lungcls rollback`, killed right after it moved the champion, before
+# it logged its decision.
 KILLED_BEFORE_LOGGING = (
     "import os, signal, sys; import lungcls.registry.promote as promotion; "
     "from lungcls.cli import main; "
     "promotion._logged = lambda storage, decision: os.kill(os.getpid(), signal.SIGKILL); "
-    "main(['--config', sys.argv[1], 'promote'])"
+    "main(['--config', sys.argv[1], '{command}'])"
 )
 
 
@@ -142,7 +143,9 @@ def test_a_promotion_killed_between_moving_and_logging_is_logged_by_its_rerun(
     settings = make_settings(tmp_path / "root", tmp_path, **PIPELINE)
     storage = Storage.from_settings(settings)
     copy_root(Storage.from_settings(promotion_template), storage)
-    killed = Runner(settings, tmp_path / "runs").start_python("promote", KILLED_BEFORE_LOGGING)
+    killed = Runner(settings, tmp_path / "runs").start_python(
+        "promote", KILLED_BEFORE_LOGGING.format(command="promote")
+    )
     assert killed.popen.wait() == -signal.SIGKILL
     moved = read_alias(storage, MODEL, CHAMPION)
     assert (moved.previous_version, moved.version) == (1, 2)
@@ -155,3 +158,48 @@ def test_a_promotion_killed_between_moving_and_logging_is_logged_by_its_rerun(
     assert read_alias(storage, MODEL, CHAMPION) == moved  # nothing moved again
     assert_aliases_whole(storage, MODEL)
     assert promote(settings).champion_before == 2  # logged now: an ordinary rerun again
+
+
+def test_a_rollback_killed_between_moving_and_logging_is_logged_and_not_repeated(
+    tmp_path: Path, promotion_template: Settings
+) -> None:
+    """Champion v2 after v1. `lungcls rollback` killed after it moved the champion back to
+    v1, before logging: its rerun logs that rollback under the pointer's id and does not roll
+    back a second time. A second killed rollback (back to v2) is logged by the promotion
+    that follows it, before that promotion decides (local root only)."""
+    settings = make_settings(tmp_path / "root", tmp_path, **PIPELINE)
+    storage = Storage.from_settings(settings)
+    copy_root(Storage.from_settings(promotion_template), storage)
+    assert promote(settings).champion_after == 2
+    runner = Runner(settings, tmp_path / "runs")
+
+    def killed_rollback() -> AliasState:
+        code = KILLED_BEFORE_LOGGING.format(command="rollback")
+        assert runner.start_python("rollback", code).popen.wait() == -signal.SIGKILL
+        moved = read_alias(storage, MODEL, CHAMPION)
+        assert moved.action == "rollback"
+        assert moved.decision not in {d.id for d in read_decisions(storage, MODEL)}
+        return moved
+
+    moved = killed_rollback()
+    assert (moved.previous_version, moved.version) == (2, 1)
+    decision = rollback(settings)
+    assert (decision.id, decision.outcome) == (moved.decision, "rolled_back")
+    assert (decision.champion_before, decision.champion_after) == (2, 1)
+    assert read_alias(storage, MODEL, CHAMPION) == moved  # not rolled back twice
+    assert_aliases_whole(storage, MODEL)
+
+    moved = killed_rollback()
+    assert (moved.previous_version, moved.version) == (1, 2)
+    promoted = promote(settings)  # v2, the champion already
+    assert (promoted.outcome, promoted.champion_before, promoted.champion_after) == (
+        "promoted",
+        2,
+        2,
+    )
+    last_two = read_decisions(storage, MODEL)[-2:]
+    assert [(d.id, d.action) for d in last_two] == [
+        (moved.decision, "rollback"),
+        (promoted.id, "promote"),
+    ]
+    assert_aliases_whole(storage, MODEL)
