@@ -12,6 +12,7 @@ be in `env` here, as they would be in a pod's or VM's environment on a real clus
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sys
 from collections.abc import Mapping
@@ -26,6 +27,10 @@ from lungcls.io.compute import short_path
 HEAD_IP = "127.0.0.2"
 # Printed by `ray start` once every process of the node is up.
 READY_LINE = "Ray runtime started"
+# `ray start` gives a node's raylet a fixed 30 s to register with the head; on a loaded
+# machine it can take longer, and the node exits with this line. Starting it again works.
+RAYLET_TIMEOUT = "timed out during startup"
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,16 @@ def start_worker(
         f"--num-cpus={num_cpus}",
         *_node_ports(folder, agent_http, agent_grpc, metrics, runtime_env),
     ]
-    service = spawn(name, argv, env, folder / "ray-start.log", die_with_parent)
-    wait_for(lambda: log_contains(service, READY_LINE), service, f"{name} joined", timeout_s)
-    return RayNode(service, head_address, None)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        service = spawn(name, argv, env, folder / "ray-start.log", die_with_parent)
+        try:
+            ready = functools.partial(log_contains, service, READY_LINE)
+            wait_for(ready, service, f"{name} joined", timeout_s)
+            return RayNode(service, head_address, None)
+        except RuntimeError:
+            if attempt == START_ATTEMPTS or not log_contains(service, RAYLET_TIMEOUT):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _node_ports(

@@ -17,7 +17,7 @@ from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
 from lungcls.registry.promote import promote
 from lungcls.sources.synth import SynthOptions, synth_batch
-from tests.overlap.harness import STRESS, Backend, copy_root, stop_all_started
+from tests.overlap.harness import Backend, copy_root, stop_all_started
 from tests.support import make_settings, train_in_process
 
 # The smallest pipeline whose every split holds both classes: 16 scans (train 8, val 3,
@@ -118,17 +118,3 @@ def promotion_template(
     assert promote(settings).outcome == "promoted"
     assert train_in_process(settings, steps=4, seed=1) == 2
     return settings
-
-
-# Two Ray Train runs on S3 take minutes on 2 cores: collected only by `make stress`
-# (LUNGCLS_STRESS=1), not skipped; the local variant always runs.
-STRESS_ONLY = {"test_trainings_at_once_publish_a_version_each[s3]"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if STRESS:
-        return
-    dropped = [item for item in items if item.name in STRESS_ONLY]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if item.name not in STRESS_ONLY]
