@@ -221,6 +221,42 @@ class PromotionSettings(BaseModel):
     )
 
 
+class MonitoringSettings(BaseModel):
+    """When a new batch counts as unlike the champion's training data (drift), or as scored
+    too poorly by the champion (`lungcls.monitor`)."""
+
+    # 0.2: one number for every effect a drift report measures: a PSI of 0.2 is the usual
+    # line of a significant shift (0.1 slight, 0.25 major), a Wasserstein distance of 0.2
+    # reference SDs is a small standardised effect (Cohen's d 0.2), a domain classifier's
+    # 2 (AUC - 0.5) of 0.2 is an AUC of 0.6. A batch of 40 from the training distribution
+    # already shows effects of about 0.1-0.25 by chance, which `drift_alpha` screens out.
+    max_drift: float = Field(
+        0.2,
+        ge=0,
+        description="Effect size (PSI; Wasserstein distance in reference SDs; domain "
+        "classifier 2·(AUC − 0.5)) above which a feature counts as drifted, when its test "
+        "also rejects at drift_alpha.",
+    )
+    drift_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="A feature counts as drifted only when its test's p-value, adjusted over "
+        "the report's features (Benjamini-Hochberg), is below this.",
+    )
+    min_values: int = Field(
+        5,
+        ge=2,
+        description="Fewest values a feature needs in the reference and in the batch; below "
+        "it the feature is reported as not estimable, with its counts.",
+    )
+    min_batch_auc: float = Field(
+        0.80,
+        description="The champion's ROC AUC on a new labelled batch below which an alert is "
+        "raised (as promotion.min_auc_lower_ci is for a candidate).",
+    )
+
+
 class RaySettings(BaseModel):
     """Where the parallel work of ingest, preprocessing and training runs."""
 
@@ -290,6 +326,7 @@ class Settings(BaseSettings):
     tune: TuneSettings = TuneSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     promotion: PromotionSettings = PromotionSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     ray: RaySettings = RaySettings()
     storage: StorageSettings = StorageSettings()
 

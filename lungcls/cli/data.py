@@ -4,9 +4,13 @@ the series store and dataset versions."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from lungcls.cli.common import Commands, add_command, settings_from, show
 from lungcls.config import ConfigError
+
+if TYPE_CHECKING:
+    from lungcls.sources.synth import AcquisitionShift
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -14,6 +18,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from lungcls.sources.synth import SynthOptions, synth_batch
 
     settings = settings_from(args)
+    shift = _acquisition_shift(args)
     options = SynthOptions(
         scans=args.scans,
         positive_fraction=args.positive_fraction,
@@ -26,6 +31,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         mode=args.mode,
         unlabelled_fraction=args.unlabelled_fraction,
         seed=args.seed,
+        shift=shift,
     )
     storage = Storage.from_settings(settings)
     scans = synth_batch(storage, args.batch, options, settings.ingest.inbox)
@@ -35,7 +41,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
         f"wrote {len(scans)} synthetic scans ({positives} positive) in {len(archives)} archives "
         f"to {storage.url(f'{settings.ingest.inbox}/{args.batch}')}"
     )
+    if shift is not None:
+        print(
+            f"shifted acquisition: {shift.scanner.manufacturer} {shift.scanner.model}, kernel "
+            f"{shift.scanner.kernel}, {shift.scanner.kvp:g} kVp, {shift.slice_thickness_mm:g} mm "
+            f"slices, HU {shift.hu_offset:+g}, added noise {shift.extra_noise_hu:g} HU"
+        )
     return 0
+
+
+def _acquisition_shift(args: argparse.Namespace) -> AcquisitionShift | None:
+    """`--shift`, with any `--shift-*` value given instead of its default (a `--shift-*`
+    option alone implies `--shift`)."""
+    from lungcls.sources.synth import AcquisitionShift
+
+    given = {
+        "slice_thickness_mm": args.shift_slice_thickness,
+        "hu_offset": args.shift_hu_offset,
+        "extra_noise_hu": args.shift_noise,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    return AcquisitionShift(**given) if args.shift or given else None
 
 
 def _pair(text: str, separator: str, option: str) -> tuple[float, float]:
@@ -169,6 +195,20 @@ def _register_synth(commands: Commands) -> None:
         help="share of series left out of labels.csv",
     )
     synth.add_argument("--seed", type=int, default=0, help="same seed, byte-identical archives")
+    shift = synth.add_argument_group(
+        "shifted acquisition",
+        "write the batch as another site would acquire it (for drift monitoring): another "
+        "manufacturer, model and kernel (Canon Aquilion Prime SP, FC52, 135 kVp), thicker "
+        "slices, an HU offset and more noise; use another --seed for other patients",
+    )
+    shift.add_argument("--shift", action="store_true", help="a shifted acquisition")
+    shift.add_argument(
+        "--shift-slice-thickness", type=float, help="slice thickness and step, mm (default 5)"
+    )
+    shift.add_argument("--shift-hu-offset", type=float, help="added to every HU (default 60)")
+    shift.add_argument(
+        "--shift-noise", type=float, help="noise SD added to --noise in quadrature, HU (default 50)"
+    )
 
 
 def _register_import_images(commands: Commands) -> None:

@@ -75,6 +75,9 @@ SCANNERS = [
     Scanner("Philips", "Brilliance 64", "B", 120.0),
     Scanner("TOSHIBA", "Aquilion ONE", "FC07", 100.0),
 ]
+# The equipment of a shifted acquisition (`synth --shift`): a maker none of SCANNERS has,
+# a sharp lung kernel and another tube voltage.
+SHIFTED_SCANNER = Scanner("Canon Medical Systems", "Aquilion Prime SP", "FC52", 135.0)
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,15 @@ def fake_identity(rng: np.random.Generator, number: int) -> FakeIdentity:
     )
 
 
-def scan_identity(rng: np.random.Generator, seed: int, index: int) -> ScanIdentity:
+def scan_identity(
+    rng: np.random.Generator, seed: int, index: int, namespace: str = ""
+) -> ScanIdentity:
     """A fake study and series; the UIDs derive from the seed and the scan's index, so a
-    batch written again has the same UIDs."""
+    batch written again has the same UIDs. `namespace` sets apart the UIDs of batches made
+    otherwise from the same seed (a shifted acquisition: other pixels, so other series)."""
 
     def uid(kind: str) -> str:
-        return generate_uid(entropy_srcs=[f"lungcls-synth-{seed}", kind, str(index)])
+        return generate_uid(entropy_srcs=[f"lungcls-synth-{seed}{namespace}", kind, str(index)])
 
     return ScanIdentity(
         study_uid=uid("study"),

@@ -8,12 +8,19 @@ Storage files with full geometry and rescale tags (`dicom_writer`), and realisti
 identifiers (`fake_identities`: names, birth dates, addresses, institutions, accession
 numbers) so that de-identification can be tested. Positives carry a malignant-looking
 nodule; negatives none or a benign-looking one. The same seed gives byte-identical archives.
+
+    lungcls synth --batch later-001 --seed 1 --shift
+
+`--shift` (`AcquisitionShift`) writes the batch as another site would have acquired it:
+another manufacturer, model, kernel and tube voltage, thicker slices over the same length
+of chest, every HU offset and more noise. Drift monitoring (`lungcls.monitor`) must flag it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -34,6 +41,7 @@ from lungcls.sources.dicom_writer import (
 )
 from lungcls.sources.fake_identities import (
     SCANNERS,
+    SHIFTED_SCANNER,
     FakeIdentity,
     ScanIdentity,
     Scanner,
@@ -46,6 +54,30 @@ from lungcls.sources.phantom import Geometry, Nodule, centered_geometry, render_
 SCANNER_MAPPING = PixelMapping(
     slope=1.0, intercept=-1024.0, window_center=-600.0, window_width=1500.0
 )
+
+
+@dataclass(frozen=True)
+class AcquisitionShift:
+    """An acquisition unlike that of unshifted batches, whose scanners are `SCANNERS`: all
+    series from `scanner`, slices `slice_thickness_mm` thick (as many fewer as cover the
+    same length), every HU raised by `hu_offset` (a miscalibrated scanner) and Gaussian
+    noise of `extra_noise_hu` added to the usual (a sharp kernel, a lower dose). The
+    defaults make each of these plain in a drift report: an unseen maker and kernel, 5 mm
+    slices instead of 2.5 mm (the thickest the series contract admits), lung parenchyma
+    60 HU denser and about 2.7 times as noisy."""
+
+    scanner: Scanner = SHIFTED_SCANNER
+    slice_thickness_mm: float = 5.0
+    hu_offset: float = 60.0
+    extra_noise_hu: float = 50.0
+
+    def namespace(self) -> str:
+        """Sets apart the UIDs of a shifted batch from those of the same seed unshifted (or
+        shifted otherwise): the same series UID must never carry other pixels."""
+        return (
+            f"-shift-{self.scanner.model}-{self.slice_thickness_mm:g}-{self.hu_offset:g}-"
+            f"{self.extra_noise_hu:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,7 @@ class SynthOptions:
     mode: Literal["volume", "slice"] = "volume"
     unlabelled_fraction: float = 0.0
     seed: int = 0
+    shift: AcquisitionShift | None = None  # None: the usual acquisition (`SCANNERS`)
 
 
 @dataclass
@@ -138,8 +171,13 @@ def plan_scans(options: SynthOptions) -> list[SynthScan]:
     scans: list[SynthScan] = []
     n_positive = round(options.scans * options.positive_fraction)
     positives = set(rng.permutation(options.scans)[:n_positive].tolist())
-    shape = (options.slices, options.rows, options.columns)
-    spacing = (options.slice_spacing_mm, options.pixel_spacing_mm, options.pixel_spacing_mm)
+    shift = options.shift
+    slices, slice_step = options.slices, options.slice_spacing_mm
+    if shift is not None:  # thicker slices over the same length of chest
+        slices = max(1, round(options.slices * slice_step / shift.slice_thickness_mm))
+        slice_step = shift.slice_thickness_mm
+    shape = (slices, options.rows, options.columns)
+    spacing = (slice_step, options.pixel_spacing_mm, options.pixel_spacing_mm)
     volume_geometry = centered_geometry(shape, spacing)
     patient, patient_number = None, 0
     for index in range(options.scans):
@@ -150,7 +188,7 @@ def plan_scans(options: SynthOptions) -> list[SynthScan]:
         if not second_series:
             patient = fake_identity(rng, patient_number)
             patient_number += 1
-        scan = scan_identity(rng, options.seed, index)
+        scan = scan_identity(rng, options.seed, index, shift.namespace() if shift else "")
         if second_series and previous is not None:
             scan = replace(scan, study_uid=previous.scan.study_uid)
             nodule = previous.nodule
@@ -164,12 +202,13 @@ def plan_scans(options: SynthOptions) -> list[SynthScan]:
             z_mm = (
                 nodule.center_xyz_mm[2]
                 if nodule
-                else volume_geometry.voxel_to_mm((rng.uniform(0.3, 0.7) * options.slices, 0, 0))[2]
+                else volume_geometry.voxel_to_mm((rng.uniform(0.3, 0.7) * slices, 0, 0))[2]
             )
             origin = (*volume_geometry.origin_xyz_mm[:2], z_mm)
             geometry = Geometry((1, options.rows, options.columns), spacing, origin)
         unlabelled = rng.random() < options.unlabelled_fraction
-        scanner = SCANNERS[int(rng.integers(len(SCANNERS)))]
+        scanner = SCANNERS[int(rng.integers(len(SCANNERS)))]  # drawn even when shifted
+        scanner = shift.scanner if shift is not None else scanner
         assert patient is not None
         scans.append(
             SynthScan(
@@ -183,7 +222,13 @@ def render_scan(scan: SynthScan, options: SynthOptions) -> list[tuple[str, bytes
     """The DICOM files of one scan as (member name, bytes), named without identifiers."""
     rng = np.random.default_rng([options.seed, 1, scan.index])
     nodules = [scan.nodule] if scan.nodule else []
-    hu = render_chest(scan.geometry, rng, nodules, noise_hu=options.noise_hu)
+    shift = options.shift
+    noise_hu = (
+        options.noise_hu if shift is None else math.hypot(options.noise_hu, shift.extra_noise_hu)
+    )
+    hu = render_chest(scan.geometry, rng, nodules, noise_hu=noise_hu)
+    if shift is not None:
+        hu += shift.hu_offset  # ct_datasets clips to the 12-bit range, as a scanner would
     datasets = ct_datasets(hu, scan.geometry, scan.patient, scan.scan, scan.scanner, options.seed)
     scan.sop_uids = [str(ds.SOPInstanceUID) for ds in datasets]
     folder = f"scan-{scan.index:04d}"
