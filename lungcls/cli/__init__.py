@@ -11,6 +11,8 @@
     lungcls evaluate [--model V]        metrics with CIs, operating point, plots, report
     lungcls promote | rollback          the gated champion alias, with a logged decision
     lungcls predict PATH | --batch B    score new series with the champion
+    lungcls drift --batch B             how a batch differs from the champion's training data
+    lungcls monitor [--batch B]         the champion on each new batch (external tests)
     lungcls run [--batch B] [--force]   the `retrain` Prefect flow: every stage, only what is new
     lungcls demo                        `retrain` end to end on a synthetic batch
     lungcls gc [--apply]                list (dry run) or delete the files no committed record names
@@ -36,7 +38,7 @@ from typing import NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from lungcls.cli import data, erase, gc, model, pipeline
+from lungcls.cli import data, erase, gc, model, monitor, pipeline
 from lungcls.config import ConfigError
 from lungcls.errors import LungclsError
 from lungcls.io.storage import StorageError
@@ -62,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order the data flows; each module adds its own commands and their options.
-    registers = (pipeline.register_config, data.register, model.register, pipeline.register)
+    registers = (
+        pipeline.register_config,
+        data.register,
+        model.register,
+        monitor.register,
+        pipeline.register,
+    )
     for register in (*registers, gc.register, erase.register):
         register(commands)
     return parser
