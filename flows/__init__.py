@@ -1,6 +1,7 @@
 """Prefect flows: thin orchestration around `lungcls` (one library call per task).
 
     ingest                 inbox -> series store, ledger, quarantine
+    monitor                the champion on the new batches, and their drift
     build_dataset          series store -> a new dataset version (if anything changed)
     train                  dataset version -> a candidate model version (Ray Train)
     evaluate_and_promote   candidate -> report -> gate -> champion (or not)

@@ -57,8 +57,15 @@ class RetrainParameters(IngestParameters):
             **self.where().model_dump(), dataset_version=dataset_version, force=self.force
         )
 
+    def for_monitor(self, ingest_run: str) -> MonitorParameters:
+        return MonitorParameters(**self.where().model_dump(), ingest_run=ingest_run)
+
     def for_evaluate(self, model_version: int) -> EvaluateParameters:
         return EvaluateParameters(**self.where().model_dump(), model_version=str(model_version))
+
+
+class MonitorParameters(RunParameters):
+    ingest_run: str = Field(description="The ingest run whose new batches to monitor.")
 
 
 class TrainParameters(RunParameters):

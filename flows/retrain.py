@@ -1,8 +1,10 @@
 """Flow `retrain`: the whole pipeline, doing only what new data calls for.
 
-ingest -> build_dataset -> train -> evaluate_and_promote, each a subflow. What needs doing
-(train this dataset version? gate this candidate?) is decided by `lungcls.pipeline`; with
-`force` everything runs. Whatever an earlier run finished comes back from the cache.
+ingest -> monitor -> build_dataset -> train -> evaluate_and_promote, each a subflow; monitor
+scores the new batches with the champion and measures their drift before they join a
+dataset version. What needs doing (train this dataset version? gate this candidate?) is
+decided by `lungcls.pipeline`; with `force` everything runs. Whatever an earlier run
+finished comes back from the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from flows.build_dataset import build_dataset_flow
 from flows.common import publish
 from flows.evaluate_and_promote import evaluate_and_promote_flow
 from flows.ingest import ingest_flow
+from flows.monitor import monitor_flow
 from flows.parameters import RetrainParameters
 from flows.train import train_flow
 from lungcls.pipeline import RetrainSummary, candidate_for, decision_for
@@ -24,6 +27,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainSummary:
     evaluate it and promote it if it passes the gates. Skips what has nothing new."""
     settings = params.settings()
     ingested = ingest_flow(params.for_ingest())
+    monitor_flow(params.for_monitor(ingested.run_id))
     built = build_dataset_flow(params.where())
 
     candidate = None if params.force else candidate_for(settings, built.ref)

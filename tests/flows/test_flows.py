@@ -22,6 +22,7 @@ from flows.retrain import retrain
 from lungcls.config import load_settings
 from lungcls.dataset.manifest import DatasetRef, list_versions, load_manifest
 from lungcls.io.storage import Storage
+from lungcls.monitor.batch_evaluation import read_batch_history
 from lungcls.pipeline import RetrainSummary
 from lungcls.registry.aliases import read_alias
 from lungcls.registry.decisions import read_decisions
@@ -107,7 +108,7 @@ def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
     # 3. A second batch: only it is ingested; version 2 reuses shards; a new candidate is
     #    trained on it, evaluated and gated (after gc: nothing it needed went).
     new = synth_batch(storage, "b2", SynthOptions(scans=12, seed=77, **FLOW_SCANS))
-    third, _ = _retrain(config, root)
+    third, third_id = _retrain(config, root)
     archives_b2 = len(list((root / "inbox" / "b2").glob("archive-*")))
     assert third.archives_ingested == archives_b2
     assert third.series_ingested == len(new)
@@ -118,6 +119,13 @@ def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
     assert load_record(storage, settings.model.name, 2).dataset.version == 2
     gated = [d for d in read_decisions(storage, settings.model.name) if d.candidate_version == 2]
     assert len(gated) == 1 and gated[0].outcome == third.outcome
+    # Before b2 joined the dataset, champion v1 scored it and its drift was measured (the
+    # first run had no champion to do so).
+    monitored = flow_run_artifacts(third_id)
+    assert {"batch-evaluation", "batch-history", "drift-report"} <= set(monitored)
+    assert "batch-evaluation" not in artifacts
+    (row,) = read_batch_history(storage, settings.model.name)
+    assert row.model_version == 1 and row.counts.samples == len(new)
 
 
 def _lungcls_run(config: Path, root: Path, log: Path, marker: str) -> subprocess.Popen:
