@@ -219,6 +219,12 @@ class PromotionSettings(BaseModel):
         description="Largest max - min of the cross-validation folds' ROC AUCs; null = not "
         "gated (the report still says when folds disagree).",
     )
+    require_drifted_subgroups: bool = Field(
+        False,
+        description="A candidate must have test metrics (a subgroup row with both classes) "
+        "on every scanner maker that a monitored batch brought in new (its drift report's "
+        "manufacturer feature), before it may replace the champion.",
+    )
 
 
 class MonitoringSettings(BaseModel):

@@ -40,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from scipy import stats
 from scipy.special import rel_entr
 
@@ -87,6 +88,7 @@ class FeatureDrift(Part):
     reference_n: int
     current_n: int
     detail: str
+    new_categories: list[str] = Field(default_factory=list)  # categorical: none in the reference
 
     @property
     def estimable(self) -> bool:
@@ -169,6 +171,7 @@ def compare_categorical(
         reference_n=n_ref,
         current_n=n_cur,
         detail=detail,
+        new_categories=new,
     )
 
 

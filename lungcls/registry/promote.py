@@ -53,6 +53,26 @@ def _absolute_gates(report: EvaluationReport, p: PromotionSettings) -> list[Gate
     return gates
 
 
+def drifted_subgroups_gate(report: EvaluationReport, new_makers: list[str]) -> Gate:
+    """Test metrics on every scanner maker that monitored batches brought in new."""
+    covered = {
+        row.value
+        for row in report.subgroups
+        if row.attribute == "manufacturer" and row.roc_auc is not None
+    }
+    missing = [maker for maker in new_makers if maker not in covered]
+    if not new_makers:
+        detail = "no monitored batch brought in a new scanner maker"
+    elif missing:
+        detail = (
+            f"no test metrics on {', '.join(missing)} (new in monitored batches): what it "
+            "was tested on needs scans of both classes from each"
+        )
+    else:
+        detail = f"test metrics on every maker new in monitored batches: {', '.join(new_makers)}"
+    return Gate(name="drifted_subgroups", passed=not missing, value=None, limit=None, detail=detail)
+
+
 def _split_gate(report: EvaluationReport) -> Gate:
     support = report.class_support
     if support is None:
@@ -254,6 +274,10 @@ def promote(settings: Settings, version: int | None = None, name: str | None = N
         decision_id, before = str(state.decision), state.previous_version
     evaluation = evaluate_model(settings, name, record.version)
     gates = _absolute_gates(evaluation.report, settings.promotion)
+    if settings.promotion.require_drifted_subgroups:
+        from lungcls.monitor.subgroups import new_manufacturers  # monitor reads the registry
+
+        gates.append(drifted_subgroups_gate(evaluation.report, new_manufacturers(storage, name)))
     challenges = before is not None and before != record.version
     if challenges and _split_supports_gates(evaluation.report):
         gates.append(_non_inferiority(settings, evaluation, before))

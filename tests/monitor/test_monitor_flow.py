@@ -21,6 +21,7 @@ from lungcls.io.storage import Storage
 from lungcls.monitor.batch_evaluation import BatchEvaluation, read_batch_history
 from lungcls.monitor.report import DriftReport
 from lungcls.monitor.run import MonitoringSummary, monitor_ingested
+from lungcls.monitor.subgroups import new_manufacturers
 from lungcls.registry.aliases import move_alias, read_alias
 from lungcls.registry.promote import CHAMPION
 from lungcls.sources.synth import AcquisitionShift, SynthOptions, synth_batch
@@ -103,6 +104,8 @@ def test_a_normal_batch_raises_nothing_and_a_shifted_one_is_flagged(
         for f in report.drifted_features
     )
     assert "drift in" in batch.alerts[-1] and "PSI" in batch.alerts[-1]
+    # What the gate asks of a candidate (promotion.require_drifted_subgroups): the new maker.
+    assert new_manufacturers(storage, settings.model.name) == [SHIFT.scanner.manufacturer]
 
     # The champion's fixed operating point on the shifted batch: the cancers it misses.
     row = BatchEvaluation.from_json(storage.read_bytes(str(batch.evaluation)))

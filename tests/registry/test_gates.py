@@ -17,10 +17,16 @@ from lungcls.evaluate.report import (
     CrossValidationSummary,
     EvaluationReport,
     FoldScore,
+    SubgroupRow,
 )
 from lungcls.io.storage import Storage
 from lungcls.registry.decisions import Gate
-from lungcls.registry.promote import TEST_METRIC_GATES, _absolute_gates, promote
+from lungcls.registry.promote import (
+    TEST_METRIC_GATES,
+    _absolute_gates,
+    drifted_subgroups_gate,
+    promote,
+)
 from tests.support import OLD_ROOT, make_settings
 
 REPORT_JSON = "models/lung-nodule-cnn/v1/evaluations/lung-nodules-v1/report.json"
@@ -155,3 +161,22 @@ def test_evaluate_and_promote_a_model_on_a_three_sample_test_split(
     assert report.metrics.at_operating_point.ci95["roc_auc"] == (1.0, 1.0)
     judged = {g.name: g for g in promote(lenient, 1).gates}
     assert judged["test_split_too_small"].passed and "min_auc_lower_ci" in judged
+
+
+def test_drifted_subgroups_gate_wants_test_metrics_on_each_new_maker() -> None:
+    """A maker a monitored batch brought in new must have a test subgroup row with both
+    classes (an AUC); a maker with one class only, or none, fails the gate and is named."""
+    row = {"attribute": "manufacturer", "n": 12, "positives": 5, "sensitivity": 0.8}
+    report = old_report(
+        subgroups=[
+            SubgroupRow(**row, value="Canon Medical Systems", specificity=0.9, roc_auc=0.91),
+            SubgroupRow(**row, value="Philips", specificity=None, roc_auc=None),
+        ]
+    )
+    nothing_new = drifted_subgroups_gate(report, [])
+    assert nothing_new.passed and "no monitored batch" in nothing_new.detail
+    covered = drifted_subgroups_gate(report, ["Canon Medical Systems"])
+    assert covered.passed and "Canon Medical Systems" in covered.detail
+    missing = drifted_subgroups_gate(report, ["Canon Medical Systems", "Philips", "Fujifilm"])
+    assert not missing.passed
+    assert missing.detail.startswith("no test metrics on Philips, Fujifilm")
