@@ -41,18 +41,24 @@ def committed_versions(storage: Storage, folder: str, marker: str) -> list[int]:
     return [n for n, path in _numbers(storage, folder) if storage.exists(f"{path}/{marker}")]
 
 
-def claim_version(storage: Storage, folder: str, run_id: str, attempts: int = 50) -> int:
-    """Claim the next free version number under `folder` for `run_id`; returns it."""
-    taken = _numbers(storage, folder)
-    number = (taken[-1][0] if taken else 0) + 1
+def claim_bytes(run_id: str) -> bytes:
+    """What a claim file holds: which run, process and machine took a number, and when."""
     claim = {
         "run_id": run_id,
         "claimed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
+    return json.dumps(claim).encode()
+
+
+def claim_version(storage: Storage, folder: str, run_id: str, attempts: int = 50) -> int:
+    """Claim the next free version number under `folder` for `run_id`; returns it."""
+    taken = _numbers(storage, folder)
+    number = (taken[-1][0] if taken else 0) + 1
+    claim = claim_bytes(run_id)
     for _ in range(attempts):
-        if storage.create(f"{folder}/v{number}/{CLAIM}", json.dumps(claim).encode()):
+        if storage.create(f"{folder}/v{number}/{CLAIM}", claim):
             return number
         number += 1
     raise VersionClaimError(

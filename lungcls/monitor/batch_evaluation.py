@@ -21,11 +21,7 @@ study pseudonym, no UID and no inbox folder name (the batch is named by its pseu
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import socket
-from datetime import UTC, datetime
 from typing import ClassVar
 
 from pydantic import Field
@@ -36,6 +32,7 @@ from lungcls.evaluate.report import ClassSupport
 from lungcls.io.artifacts import Artifact, number
 from lungcls.io.records import Part, Record
 from lungcls.io.storage import Storage
+from lungcls.io.versions import claim_bytes
 
 MONITORING_DIR = "monitoring"
 CLAIM_SUFFIX = ".claim"
@@ -245,18 +242,13 @@ def commit_batch_evaluation(
     of the two is returned (see the module docstring).
     """
     folder = batches_dir(row.model)
-    claim = {
-        "run_id": run_id,
-        "claimed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    claim = claim_bytes(run_id)
     for _ in range(attempts):
         existing = find_batch_evaluation(storage, row.model, row.batch, row.model_version)
         if existing is not None:
             return existing
         seq = _next_number(storage, row.model)
-        if not storage.create(f"{folder}/{seq:05d}{CLAIM_SUFFIX}", json.dumps(claim).encode()):
+        if not storage.create(f"{folder}/{seq:05d}{CLAIM_SUFFIX}", claim):
             continue  # another writer claimed this number first: count again
         numbered = row.model_copy(update={"seq": seq})
         if numbered.save(storage, f"{folder}/{numbered.file_name}", exclusive=True):
