@@ -89,8 +89,7 @@ def start_head(
         f"--ray-client-server-port={client}",
         *_node_ports(folder, agent_http, agent_grpc, metrics, runtime_env),
     ]
-    service = spawn("ray-head", argv, env, folder / "ray-start.log", die_with_parent)
-    wait_for(lambda: log_contains(service, READY_LINE), service, "Ray head", timeout_s)
+    service = _start_node("ray-head", argv, env, folder, die_with_parent, "Ray head", timeout_s)
     # `ray start` returns before the dashboard (and with it the state API and job
     # submission) answers; on a loaded machine that took over a minute once. Up means both.
     dashboard_url = f"http://{HEAD_IP}:{dashboard}"
@@ -120,12 +119,25 @@ def start_worker(
         f"--num-cpus={num_cpus}",
         *_node_ports(folder, agent_http, agent_grpc, metrics, runtime_env),
     ]
+    service = _start_node(name, argv, env, folder, die_with_parent, f"{name} joined", timeout_s)
+    return RayNode(service, head_address, None)
+
+
+def _start_node(
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    folder: Path,
+    die_with_parent: bool,
+    what: str,
+    timeout_s: float,
+) -> Service:
+    """`ray start` until Ray says it started, again when its raylet missed the window."""
     for attempt in range(1, START_ATTEMPTS + 1):
         service = spawn(name, argv, env, folder / "ray-start.log", die_with_parent)
         try:
-            ready = functools.partial(log_contains, service, READY_LINE)
-            wait_for(ready, service, f"{name} joined", timeout_s)
-            return RayNode(service, head_address, None)
+            wait_for(functools.partial(log_contains, service, READY_LINE), service, what, timeout_s)
+            return service
         except RuntimeError:
             if attempt == START_ATTEMPTS or not log_contains(service, RAYLET_TIMEOUT):
                 raise
