@@ -273,6 +273,11 @@ class RaySettings(BaseModel):
         None, description="Ray cluster address; unset uses RAY_ADDRESS or starts Ray here."
     )
     num_cpus: int | None = Field(None, description="CPUs for a Ray started here; None = all.")
+    dashboard: bool = Field(
+        False,
+        description="Start Ray's dashboard with a Ray started here (ten more processes; runs "
+        "are watched in the Prefect UI). A cluster keeps its own setting.",
+    )
 
 
 class StorageSettings(BaseModel):

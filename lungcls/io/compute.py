@@ -37,12 +37,27 @@ def ensure_ray(settings: Settings) -> None:
         ray.init(address=address, log_to_driver=False)
         return
     _use_project_auth_token(settings)
+    _trim_ray_train_for_one_machine()
     ray.init(
         num_cpus=settings.ray.num_cpus or os.cpu_count(),
+        include_dashboard=settings.ray.dashboard,
         log_to_driver=False,
         _temp_dir=str(ray_temp_dir(settings)),
         configure_logging=False,
     )
+
+
+def _trim_ray_train_for_one_machine() -> None:
+    """Ray Train defaults made for clusters, eased for a Ray started on this machine.
+
+    No node of a one-machine Ray is preempted, so its watcher actor (one more process per
+    training run) has nothing to watch; polling the workers every 0.5 s instead of 2 s lets a
+    run start and finish about 3 s sooner (a run of a small dataset takes about 20 s). The
+    variables reach Ray Train's controller through its own propagation; a value set by the
+    user wins.
+    """
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _use_project_auth_token(settings: Settings) -> None:

@@ -160,8 +160,7 @@ def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path
     marker = f"{os.getpid()}-{time.monotonic_ns()}"
     process = _lungcls_run(config, root, tmp_path / "killed.log", marker)
     killed_run = None
-    deadline = time.monotonic() + 300
-    while killed_run is None and time.monotonic() < deadline and process.poll() is None:
+    while killed_run is None and process.poll() is None:  # a run that ends first fails below
         for history in root.glob("runs/train-*/history.json"):
             if len(History.from_json(history.read_bytes()).epochs) >= 2:  # two checkpointed
                 os.killpg(process.pid, signal.SIGKILL)
