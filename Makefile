@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_TMPDIR := $(WORK)/ray
 export MPLCONFIGDIR := $(WORK)/matplotlib
 
-.PHONY: setup demo run test stress lint bench bench-real bench-lidc server deploy worker screenshot clean stack stack-down
+.PHONY: setup demo run test stress lint bench bench-real bench-monitor bench-lidc server deploy worker screenshot clean stack stack-down
 
 setup: $(STAMP)
 
@@ -84,6 +84,11 @@ stack-down:
 # Real CT slices (../shared/data/iq-othnccd) through import, ingest, build, train, evaluate.
 bench-real: setup
 	$(BIN)/python bench/real_iqothnccd.py --sweep
+
+# The same slices as batches by case-number range: the first 60 % trains the champion, the
+# rest arrives in 2 batches, each scored by it and compared with its training data (issue 17).
+bench-monitor: setup
+	$(BIN)/python bench/monitor_real.py
 
 # Real 3D nodules (../shared/data/lidc-nodules) through import-volumes, ingest, build, train,
 # evaluate and promote, as a 5-fold patient-level cross-validation (configs/lidc.yaml).

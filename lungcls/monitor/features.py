@@ -57,12 +57,15 @@ MIN_LUNG_VOXELS = 100  # fewer: the lung statistics of the patch are missing (no
 
 
 def acquisition_table(series: pd.DataFrame) -> pd.DataFrame:
-    """The acquisition features of series, with their `series_id` to select by, from the
-    series store's metadata as the contracts see it (`lungcls.dataset.validation.
-    series_frame`: spacing flattened into `spacing_z_mm`, `spacing_y_mm`, …)."""
+    """The acquisition features of series, with their `series_id` to select by and their
+    `patient_id` (the statistics' unit), from the series store's metadata as the contracts
+    see it (`lungcls.dataset.validation.series_frame`: spacing flattened into
+    `spacing_z_mm`, `spacing_y_mm`, …)."""
     return pd.DataFrame(
         {
             "series_id": series["series_id"].to_numpy(),
+            # Compared one value per patient (`lungcls.monitor.statistics`), never reported.
+            "patient_id": series["patient_id"].to_numpy(),
             "manufacturer": series["manufacturer"].to_numpy(),
             "manufacturer_model": series["manufacturer_model"].to_numpy(),
             "convolution_kernel": series["convolution_kernel"].to_numpy(),

@@ -10,7 +10,9 @@ the version's shards (each shard verified against the manifest's SHA-256). The b
 every series the ledger records as ingested from `inbox/<batch>/`, less erased data and
 less any series the reference already holds; its image features come from preprocessing
 each of its series with the version's own preprocessing settings, so that both sides are
-what the model is, or would be, given. Nothing here writes; `write_drift_report` does.
+what the model is, or would be, given. Each side's rows carry their patient's pseudonym,
+never reported: the statistics compare one value per patient (samples of one patient are
+not independent). Nothing here writes; `write_drift_report` does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from lungcls.ingest.series_store import iter_series
 from lungcls.io.storage import Storage
 from lungcls.monitor.features import acquisition_table, image_statistics
 from lungcls.monitor.report import DriftCounts, DriftReport, DriftTables, build_drift_report
-from lungcls.monitor.statistics import DriftError
+from lungcls.monitor.statistics import PATIENT, DriftError
 from lungcls.retention.erasure_log import read_erased, without_erased
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,15 @@ def batch_series_ids(ledger: Ledger, batch: str) -> set[str]:
     }
 
 
-def _sample_statistics(tensors: Iterable[np.ndarray], manifest: Manifest) -> pd.DataFrame:
+def _sample_statistics(
+    samples: Iterable[tuple[str, np.ndarray]], manifest: Manifest
+) -> pd.DataFrame:
+    """The image features of (patient, tensor) pairs, with the patient: the statistics
+    compare one value per patient (`lungcls.monitor.statistics`, module doc)."""
     windows = manifest.preprocess.config.windows
-    return pd.DataFrame([image_statistics(t, windows) for t in tensors])
+    return pd.DataFrame(
+        [{PATIENT: patient, **image_statistics(t, windows)} for patient, t in samples]
+    )
 
 
 def _reference_samples(
@@ -82,12 +90,12 @@ def _reference_samples(
     shards = [shard for split in splits for shard in manifest.shards_of(split)]
     series: set[str] = set()
 
-    def tensors() -> Iterable[np.ndarray]:  # one shard in memory at a time
+    def samples() -> Iterable[tuple[str, np.ndarray]]:  # one shard in memory at a time
         for sample in iter_samples(storage, shards):
             series.add(sample.series_id)
-            yield sample.array()
+            yield sample.patient_id, sample.array()
 
-    return _sample_statistics(tensors(), manifest), series
+    return _sample_statistics(samples(), manifest), series
 
 
 def batch_patches(
@@ -111,16 +119,18 @@ def batch_patches(
         yield series.series_id, np.ascontiguousarray(tensor, dtype=dtype)
 
 
-def _batch_tensors(
+def _batch_samples(
     storage: Storage,
     ledger: Ledger,
-    centers: dict[str, tuple[float, float, float] | None],
+    labelled: pd.DataFrame,
     manifest: Manifest,
     failed: list[str],
-) -> Iterable[np.ndarray]:
-    """The patches of `batch_patches`, without their series."""
-    for _, tensor in batch_patches(storage, ledger, centers, manifest, failed):
-        yield tensor
+) -> Iterable[tuple[str, np.ndarray]]:
+    """(patient, patch) of each series of `labelled`, cut by `batch_patches`."""
+    centers = {row.series_id: nodule_center(row) for row in labelled.itertuples(index=False)}
+    patients = dict(zip(labelled["series_id"], labelled["patient_id"], strict=True))
+    for series_id, tensor in batch_patches(storage, ledger, centers, manifest, failed):
+        yield patients[series_id], tensor
 
 
 def gather_drift_tables(
@@ -153,10 +163,9 @@ def gather_drift_tables(
         )
     current_ids = in_batch - known
     labelled = apply_labels(frame[frame["series_id"].isin(current_ids)], current_labels(storage))
-    centers = {row.series_id: nodule_center(row) for row in labelled.itertuples(index=False)}
     failed: list[str] = []
     current_samples = _sample_statistics(
-        _batch_tensors(storage, ledger, centers, manifest, failed), manifest
+        _batch_samples(storage, ledger, labelled, manifest, failed), manifest
     )
     if failed:
         log.warning("drift: %d series of the batch could not be preprocessed", len(failed))

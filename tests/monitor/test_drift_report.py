@@ -15,7 +15,7 @@ from lungcls.dataset.validation import series_frame
 from lungcls.ingest.ledger import Ledger
 from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
-from lungcls.monitor.gather import drift_report
+from lungcls.monitor.gather import drift_report, gather_drift_tables
 from lungcls.monitor.report import DriftReport, drift_folder, write_drift_report
 from lungcls.monitor.statistics import DriftError
 from lungcls.registry.aliases import move_alias, read_alias
@@ -133,6 +133,18 @@ def test_what_the_reference_holds_is_not_compared_with_itself(root: Root) -> Non
     assert counts.current_series == 30 - counts.reference_series  # its val and test series
     with pytest.raises(DriftError, match="batch 'nowhere' has no ingested series"):
         drift_report(root.settings, "nowhere", dataset=root.dataset)
+
+
+def test_both_sides_carry_their_patients_for_the_statistics(root: Root) -> None:
+    """The statistics compare one value per patient, so every row names its patient: the
+    batch's rows its own patients, none of them in the reference."""
+    tables = gather_drift_tables(root.settings, "normal", root.dataset)
+    reference = set(tables.reference_samples["patient_id"])
+    batch = set(tables.current_samples["patient_id"])
+    assert set(tables.reference_series["patient_id"]) == reference
+    assert set(tables.current_series["patient_id"]) == batch
+    patients = {scan.patient.patient_id for scan in root.scans["normal"]}  # some have 2 scans
+    assert len(batch) == len(patients) and reference and not batch & reference
 
 
 def test_without_a_dataset_the_reference_is_the_champions_training_data(root: Root) -> None:
