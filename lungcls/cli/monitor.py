@@ -18,6 +18,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from lungcls.dataset.manifest import load_manifest
     from lungcls.io.storage import Storage
     from lungcls.monitor.batch_evaluation import monitoring_drift_folder
+    from lungcls.monitor.embeddings import drift_embeddings
     from lungcls.monitor.gather import drift_report
     from lungcls.monitor.report import write_drift_report
 
@@ -28,8 +29,13 @@ def cmd_drift(args: argparse.Namespace) -> int:
     dataset = None
     if args.dataset:
         dataset = load_manifest(storage, args.dataset, args.dataset_version).ref
-    scores = None if dataset else _champion_scores(settings, storage, args.batch)
-    report = drift_report(settings, args.batch, dataset=dataset, scores=scores)
+    scores = embeddings = None
+    if dataset is None:  # against the champion's training data: its view of both sides too
+        scores = _champion_scores(settings, storage, args.batch)
+        embeddings = drift_embeddings(settings, args.batch)
+    report = drift_report(
+        settings, args.batch, dataset=dataset, scores=scores, embeddings=embeddings
+    )
     folder = monitoring_drift_folder(settings.model.name, report.batch, report.reference)
     urls = write_drift_report(storage, report, folder)
     if args.json:
@@ -90,8 +96,9 @@ def register(commands: Commands) -> None:
         "drift",
         cmd_drift,
         "compare an ingested batch with the champion's training data (or a dataset "
-        "version): acquisition metadata, image statistics and, once `lungcls monitor "
-        "--batch` scored it, the champion's scores; writes an HTML report under "
+        "version): acquisition metadata, image statistics, the champion's penultimate-layer "
+        "embeddings (against its test split) and, once `lungcls monitor --batch` scored "
+        "it, the champion's scores; writes an HTML report under "
         "monitoring/<model>/drift/ and exits 0 also when the batch drifted",
     )
     drift.add_argument("--batch", required=True, help="the batch's folder under the inbox")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 
 from lungcls.config import Settings
 from lungcls.dataset.labelling import apply_labels, nodule_center
-from lungcls.dataset.manifest import load_manifest
+from lungcls.dataset.manifest import Manifest, load_manifest
 from lungcls.dataset.validation import series_frame
 from lungcls.evaluate.calibration import calibrate
 from lungcls.evaluate.evaluation import _metrics_at, _seen_series, evaluate_model
@@ -106,6 +107,44 @@ def _raw_scores(model: torch.nn.Module, patches: Iterable[tuple[str, np.ndarray]
     return pd.Series(scores, index=ids, dtype=float)
 
 
+@dataclass
+class UnseenSeries:
+    """A batch's series as the champion meets them: those the ledger records as ingested
+    from the batch (erased ones aside), which of them it trained or chose its epoch on, and
+    the others with their labels; and what cutting their patches needs."""
+
+    in_batch: set[str]
+    seen: set[str]
+    labelled: pd.DataFrame  # the unseen series, labels applied (none: no row)
+    ledger: Ledger
+    manifest: Manifest  # the champion's dataset version (its preprocessing)
+
+    def centers(self) -> dict[str, tuple[float, float, float] | None]:
+        """Series id -> where its patch is cut (the labelled nodule, else None: the lung)."""
+        return {row.series_id: nodule_center(row) for row in self.labelled.itertuples(index=False)}
+
+
+def unseen_series(storage: Storage, record: ModelRecord, batch: str) -> UnseenSeries:
+    """The series of inbox batch `batch` that `record` did not see (see `UnseenSeries`).
+
+    Raises:
+        MonitoringError: The batch has no ingested series.
+    """
+    ledger = Ledger.load(storage)
+    frame = without_erased(series_frame(storage, ledger), read_erased(storage))
+    in_batch = batch_series_ids(ledger, batch) & set(frame["series_id"])
+    if not in_batch:
+        raise MonitoringError(
+            f"batch {batch!r} has no ingested series (erased ones aside): run "
+            f"`lungcls ingest --batch {batch}` first"
+        )
+    seen = _seen_series(storage, record.dataset)
+    unseen = frame[frame["series_id"].isin(in_batch - seen)]
+    labelled = apply_labels(unseen, current_labels(storage)) if len(unseen) else unseen
+    manifest = load_manifest(storage, record.dataset.name, record.dataset.version)
+    return UnseenSeries(in_batch, seen & in_batch, labelled, ledger, manifest)
+
+
 def score_batch(
     settings: Settings, record: ModelRecord, batch: str, calibration: Calibration
 ) -> tuple[pd.DataFrame, BatchCounts]:
@@ -117,33 +156,21 @@ def score_batch(
             none whose patch could be made.
     """
     storage = Storage.from_settings(settings)
-    ledger = Ledger.load(storage)
-    frame = without_erased(series_frame(storage, ledger), read_erased(storage))
-    in_batch = batch_series_ids(ledger, batch) & set(frame["series_id"])
-    if not in_batch:
-        raise MonitoringError(
-            f"batch {batch!r} has no ingested series (erased ones aside): run "
-            f"`lungcls ingest --batch {batch}` first"
-        )
-    seen = _seen_series(storage, record.dataset)
-    unseen = in_batch - seen
-    if not unseen:
+    series = unseen_series(storage, record, batch)
+    in_batch, seen, labelled = series.in_batch, series.seen, series.labelled
+    if labelled.empty:
         raise MonitoringError(
             f"every series of batch {batch!r} is in the training or validation data of "
             f"{record.name} v{record.version}: nothing it has not seen to evaluate it on"
         )
-    labelled = apply_labels(frame[frame["series_id"].isin(unseen)], current_labels(storage))
-    centers = {row.series_id: nodule_center(row) for row in labelled.itertuples(index=False)}
-    manifest = load_manifest(storage, record.dataset.name, record.dataset.version)
     failed: list[str] = []
-    raw = _raw_scores(
-        load_model(storage, record), batch_patches(storage, ledger, centers, manifest, failed)
-    )
+    patches = batch_patches(storage, series.ledger, series.centers(), series.manifest, failed)
+    raw = _raw_scores(load_model(storage, record), patches)
     if failed:
         log.warning("monitor: %d series of the batch could not be preprocessed", len(failed))
     if raw.empty:
         raise MonitoringError(
-            f"none of the {len(unseen)} unseen series of batch {batch!r} could be "
+            f"none of the {len(labelled)} unseen series of batch {batch!r} could be "
             f"preprocessed ({', '.join(sorted(set(failed)))}): nothing to score"
         )
     scored = labelled.set_index("series_id").loc[raw.index]
@@ -159,7 +186,7 @@ def score_batch(
     known = frame[frame["label"].notna()]
     counts = BatchCounts(
         series_in_batch=len(in_batch),
-        excluded_seen=len(in_batch & seen),
+        excluded_seen=len(seen),
         not_preprocessed=len(failed),
         samples=len(frame),
         unlabelled=len(frame) - len(known),

@@ -5,7 +5,8 @@
 For every inbox batch with series that ingest run recorded, while a champion exists: the
 champion scores the batch's series it never saw (`prospective.evaluate_batch`: one row of the
 model's history), and the batch's drift from the champion's training data is measured
-(`gather.drift_report`, with the champion's scores on both sides) and written under
+(`gather.drift_report`, with the champion's scores and penultimate-layer embeddings on
+both sides: `embeddings.drift_embeddings`) and written under
 `runs/<monitor run>/drift/<batch pseudonym>/`. The summary names what raised an alert: a
 batch AUC below `monitoring.min_batch_auc`, or a drifted feature. Nothing here fails a run:
 monitoring informs, the promotion gate decides. Batches are named by their pseudonyms only
@@ -33,6 +34,7 @@ from lungcls.monitor.batch_evaluation import (
     batches_dir,
     monitoring_dir,
 )
+from lungcls.monitor.embeddings import drift_embeddings
 from lungcls.monitor.gather import drift_report
 from lungcls.monitor.history import history_artifacts
 from lungcls.monitor.prospective import drift_scores, evaluate_batch
@@ -112,7 +114,7 @@ def monitor_batch(settings: Settings, storage: Storage, batch: str, run_id: str)
     """The champion's row for one batch and its drift report (see the module's docstring)."""
     pseudonym = batch_pseudonym(pseudonym_key(settings, storage), batch)
     monitored = MonitoredBatch(batch=pseudonym)
-    scores = None
+    scores = embeddings = None
     try:
         row = evaluate_batch(settings, batch)
         monitored.evaluation = f"{batches_dir(row.model)}/{row.file_name}"
@@ -121,7 +123,11 @@ def monitor_batch(settings: Settings, storage: Storage, batch: str, run_id: str)
     except MonitoringError as error:  # nothing unseen in it, or no evaluation to compare
         monitored.note = str(error)
     try:
-        report = drift_report(settings, batch, scores=scores)
+        embeddings = drift_embeddings(settings, batch)
+    except MonitoringError as error:  # no ingested series: the drift report says so too
+        log.info("monitor: no embeddings of batch %s: %s", pseudonym, error)
+    try:
+        report = drift_report(settings, batch, scores=scores, embeddings=embeddings)
     except DriftError as error:
         monitored.note = "; ".join(filter(None, [monitored.note, str(error)]))
         return monitored

@@ -23,6 +23,14 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' penultimate layers side by side, (N, members x channels). Not their
+        mean: each member was initialised from its own seed and trained on its own folds,
+        so channel k of one member has nothing to do with channel k of another; a mean
+        would mix unrelated units (a fixed projection of this concatenation, which a
+        linear domain classifier can learn anyway if it helps)."""
+        return torch.cat([member.features(x) for member in self.members], dim=1)
+
 
 def build_network(
     settings: ModelSettings, tensor_shape: list[int], seed: int, members: int = 1

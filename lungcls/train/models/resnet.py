@@ -71,8 +71,14 @@ class ResNetClassifier(nn.Module):
             pool(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, 1)
         )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, (N, channels): the pooled features the final linear layer
+        weighs (before dropout, which is the identity in eval mode). Drift monitoring
+        compares them; `forward` is built on them, so they are what the logit sees."""
+        return self.head[:2](self.stages(self.stem(x)))  # pool, flatten
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(x))).squeeze(1)
+        return self.head[2:](self.features(x)).squeeze(1)  # dropout, linear
 
 
 def build_model(

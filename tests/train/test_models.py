@@ -1,0 +1,56 @@
+"""The networks' penultimate layer (`features`, what drift monitoring compares) in 2D and
+3D, one CNN and a cross-validated ensemble: its width, that the logit is computed from it,
+and that the TorchScript copy for serving (traced `forward`) still gives the eager output
+from the same stored weights."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from lungcls.config import ModelSettings
+from lungcls.registry.store import serialise_model
+from lungcls.train.ensemble import Ensemble, build_network
+
+SETTINGS = ModelSettings(width=4, depth=2, dropout=0.5)
+CHANNELS = SETTINGS.width * 2 ** (SETTINGS.depth - 1)  # the last stage's width
+
+
+@pytest.mark.parametrize("shape", [[2, 16, 16], [1, 8, 16, 16]], ids=["2d", "3d"])
+@pytest.mark.parametrize("members", [1, 3])
+def test_features_are_what_the_logit_is_computed_from(shape: list[int], members: int) -> None:
+    model = build_network(SETTINGS, shape, seed=3, members=members).eval()
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features, logits = model.features(x), model(x)
+    assert features.shape == (5, members * CHANNELS) and logits.shape == (5,)
+    assert not torch.allclose(features[0], features[1])
+    # The ensemble's members side by side, in order; each one's logit is its linear layer
+    # on its block (dropout is the identity in eval mode).
+    nets = model.members if isinstance(model, Ensemble) else [model]
+    blocks = features.split(CHANNELS, dim=1)
+    with torch.no_grad():
+        member_logits = [
+            net.head[-1](block).squeeze(1) for net, block in zip(nets, blocks, strict=True)
+        ]
+    assert torch.allclose(torch.stack(member_logits).mean(dim=0), logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_the_traced_copy_matches_the_eager_network_and_the_weights_keep_their_names(
+    members: int,
+) -> None:
+    shape = [1, 8, 16, 16]
+    model = build_network(SETTINGS, shape, seed=5, members=members)
+    prefix = "members.0." if members > 1 else ""
+    # Models stored before `features` existed load unchanged: same parameter names.
+    assert {f"{prefix}head.3.weight", f"{prefix}stem.0.weight"} <= set(model.state_dict())
+    files = serialise_model(model, shape)
+    traced = torch.jit.load(io.BytesIO(files["model.ts"]))
+    loaded = build_network(SETTINGS, shape, seed=0, members=members)
+    loaded.load_state_dict(torch.load(io.BytesIO(files["model.pt"]), weights_only=True))
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(traced(x), loaded.eval()(x), atol=1e-5)
