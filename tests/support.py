@@ -7,6 +7,7 @@ from pathlib import Path
 
 from infra.local import processes
 from lungcls.config import Settings
+from lungcls.io.storage import Storage
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEST_KEY = "test-pseudonym-key-0123456789"
@@ -18,6 +19,15 @@ OLD_ROOT = Path(__file__).resolve().parent / "fixtures" / "root-0.1.0"
 # Training settings that lungcls 0.1.0 did not have, as its records read back: it trained one
 # model on train and stopped on val (`folds: 1`); the others keep their defaults.
 TRAIN_FIELDS_SINCE_0_1_0 = {"folds": 1, "augment_quarter_turns": False, "select_epoch": "best"}
+
+
+def copy_root(source: Storage, target: Storage) -> None:
+    """Every file of `source` into `target`, but its leases and probes (a root as one run
+    left it: the next run starts with nobody holding a lease). Tests copy a root prepared
+    once per module or session instead of ingesting the same batch again."""
+    for info in source.list_files(""):
+        if not info.path.startswith(("leases/", "probes/")):
+            target.write_atomic(info.path, source.read_bytes(info.path))
 
 
 def make_settings(root: str | Path, tmp_path: Path, **overrides: object) -> Settings:
@@ -57,7 +67,6 @@ def train_in_process(settings: Settings, steps: int, seed: int = 0) -> int:
 
     from lungcls.dataset.manifest import load_manifest
     from lungcls.dataset.shards import iter_samples
-    from lungcls.io.storage import Storage
     from lungcls.registry.records import BestEpoch
     from lungcls.registry.store import publish_model, serialise_model
     from lungcls.train.loop import train_epoch
@@ -104,6 +113,10 @@ FLOW_CONFIG: dict[str, object] = {
         "warmup_epochs": 1,
         "early_stopping_patience": 100,
         "folds": 1,  # cross-validation has its own tests (tests/train)
+        # One rank: flows wire stages; DDP over two ranks has its own tests (tests/train),
+        # and every rank is one more process importing torch on CI's two cores.
+        "num_workers": 1,
+        "cpus_per_worker": 1,
     },
     # The 48-scan flow batch's test split has 1 patient with cancer: intervals from one
     # patient a class are accepted here (test_split_too_small has its own tests).

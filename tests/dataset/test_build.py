@@ -40,7 +40,7 @@ from lungcls.ingest.run import ingest
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
 from lungcls.sources.synth import SynthOptions, synth_batch
-from tests.support import TEST_KEY, make_settings
+from tests.support import TEST_KEY, copy_root, make_settings
 
 SCANS = SynthOptions(
     scans=40, slices=20, rows=64, columns=64, pixel_spacing_mm=5.6, slice_spacing_mm=5.0, seed=21
@@ -56,11 +56,21 @@ def dataset_settings(root: Path | str, tmp_path: Path, **extra: object) -> Setti
     return make_settings(root, tmp_path, **{**OVERRIDES, **extra})
 
 
-@pytest.fixture
-def ds_settings(tmp_path: Path) -> Settings:
-    settings = dataset_settings(tmp_path / "root", tmp_path)
+@pytest.fixture(scope="module")
+def _ingested(tmp_path_factory: pytest.TempPathFactory) -> Storage:
+    """The batch ingested once for the module (read-only: `ds_settings` copies it)."""
+    folder = tmp_path_factory.mktemp("ingested")
+    settings = dataset_settings(folder / "root", folder)
     synth_batch(Storage.from_settings(settings), "b1", SCANS)
     ingest(settings, progress=False)
+    return Storage.from_settings(settings)
+
+
+@pytest.fixture
+def ds_settings(tmp_path: Path, _ingested: Storage) -> Settings:
+    """A root of its own with the batch ingested."""
+    settings = dataset_settings(tmp_path / "root", tmp_path)
+    copy_root(_ingested, Storage.from_settings(settings))
     return settings
 
 

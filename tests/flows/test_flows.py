@@ -1,5 +1,5 @@
-"""The Prefect flows, run for real in this process (Prefect's ephemeral API, local Ray):
-the whole retrain, a rerun that does nothing, a new batch, a killed run resumed, retries."""
+"""The Prefect flows, run for real in this process (Prefect's ephemeral API, local Ray): a
+retrain killed in training and resumed, a rerun that does nothing, a new batch, retries."""
 
 from __future__ import annotations
 
@@ -70,20 +70,38 @@ def _retrain(config: Path, root: Path, **extra: object) -> tuple[RetrainSummary,
     return state.result(), state.state_details.flow_run_id
 
 
-def test_retrain_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
-    config, root = write_flow_config(tmp_path), tmp_path / "root"
+def test_killed_in_training_resumed_then_nothing_new_then_a_new_batch(tmp_path: Path) -> None:
+    """One root through a retrain's life: a `lungcls run` killed with SIGKILL once two
+    epochs are checkpointed, the retrain that finishes it (nothing ingested again, the same
+    training run resumed from its checkpoint, every artifact on the run), a retrain with
+    nothing new, gc, and a new batch. (One test: each retrain of a fresh root costs a
+    minute or more of ingest, build and Ray start-up on CI's two cores.)"""
+    epochs = 6  # killed after 2: the resumed run has epochs left to train
+    config = write_flow_config(tmp_path, train={**FLOW_CONFIG["train"], "epochs": epochs})
+    root = tmp_path / "root"
     settings = load_settings(config, root=str(root))
     storage = Storage.from_settings(settings)
     synth_batch(storage, "b1", SynthOptions(scans=48, seed=21, **FLOW_SCANS))
 
-    # 1. The whole pipeline, with every artifact on the run (read back through the API).
+    # 1. A run killed in training; the retrain after it finishes the same training run
+    #    without ingesting again, and promotes, with every artifact on its run (read back
+    #    through the API).
+    killed_run = _run_killed_in_training(config, root, tmp_path)
+    assert list_model_versions(storage, settings.model.name) == []
+    ingested = _tree_digest(root, "ledger", "series")
     first, run_id = _retrain(config, root)
+    assert _tree_digest(root, "ledger", "series") == ingested  # nothing ingested again
+    assert first.archives_ingested == 0
+    assert list_versions(storage, "lung-nodules") == [1]  # the killed run's version, reused
     assert first.trained and first.gated and first.outcome == "promoted"
     assert read_alias(storage, settings.model.name, "champion").version == 1
+    assert load_record(storage, settings.model.name, 1).train_run == killed_run
+    resumed = read_history(storage, killed_run)
+    assert [h.epoch for h in resumed] == list(range(epochs)) and resumed[-1].resumes >= 1
     artifacts = flow_run_artifacts(run_id)
     assert set(artifacts) >= ARTIFACT_KEYS, sorted(artifacts)
     history = artifacts["training-history"][0].data
-    assert len(json.loads(history) if isinstance(history, str) else history) == 4
+    assert len(json.loads(history) if isinstance(history, str) else history) == epochs
     assert "ROC AUC" in artifacts["evaluation-report"][0].data
     assert "v1" in artifacts["promotion-decision"][0].description
     assert (root / RESULTS_DIR).is_dir() and any((root / RESULTS_DIR).iterdir())
@@ -151,12 +169,9 @@ def _kill_leftovers(marker: str) -> None:
             continue
 
 
-def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path) -> None:
-    config = write_flow_config(tmp_path, train={**FLOW_CONFIG["train"], "epochs": 5})
-    root = tmp_path / "root"
-    storage = Storage.from_settings(make_settings(root, tmp_path))
-    synth_batch(storage, "b1", SynthOptions(scans=48, seed=21, **FLOW_SCANS))
-
+def _run_killed_in_training(config: Path, root: Path, tmp_path: Path) -> str:
+    """Start `lungcls run` and kill its process group once its training run has two epochs
+    checkpointed; returns that run's id (its record still says running)."""
     marker = f"{os.getpid()}-{time.monotonic_ns()}"
     process = _lungcls_run(config, root, tmp_path / "killed.log", marker)
     killed_run = None
@@ -169,22 +184,9 @@ def test_a_run_killed_in_training_resumes_without_ingesting_again(tmp_path: Path
     process.wait(timeout=30)
     _kill_leftovers(marker)
     assert killed_run is not None, (tmp_path / "killed.log").read_text()[-3000:]
-    assert json.loads((root / "runs" / killed_run / "train.json").read_text())["status"] == (
-        "running"
-    )
-    ingested = _tree_digest(root, "ledger", "series")
-    assert list_model_versions(storage, "lung-nodule-cnn") == []
-
-    summary, _ = _retrain(config, root)
-    assert _tree_digest(root, "ledger", "series") == ingested  # nothing ingested again
-    assert summary.archives_ingested == 0
-    assert list_versions(storage, "lung-nodules") == [1]  # the killed run's version, reused
-    record = load_record(storage, "lung-nodule-cnn", 1)
-    assert record.train_run == killed_run  # the same run, finished from its checkpoint
-    history = read_history(storage, killed_run)
-    assert [h.epoch for h in history] == list(range(5))
-    assert history[-1].resumes >= 1
-    assert summary.gated and summary.candidate == 1
+    train = json.loads((root / "runs" / killed_run / "train.json").read_text())
+    assert train["status"] == "running"
+    return killed_run
 
 
 def test_bad_data_fails_at_once_but_storage_outages_are_retried(

@@ -17,8 +17,8 @@ from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
 from lungcls.registry.promote import promote
 from lungcls.sources.synth import SynthOptions, synth_batch
-from tests.overlap.harness import Backend, copy_root, stop_all_started
-from tests.support import make_settings, train_in_process
+from tests.overlap.harness import Backend, stop_all_started
+from tests.support import copy_root, make_settings, train_in_process
 
 # The smallest pipeline whose every split holds both classes: 16 scans (train 8, val 3,
 # test 5), 16³ patches in shards of 2-3 samples, a width-4 ResNet, one epoch on one worker,

@@ -65,14 +65,6 @@ class Backend:
         return make_settings(f"{self.base}/{root}", self.scratch / root, **extra, **overrides)
 
 
-def copy_root(source: Storage, target: Storage) -> None:
-    """Every file of `source` into `target`, but its leases and probes (a root as one run
-    left it: the next run starts with nobody holding a lease)."""
-    for info in source.list_files(""):
-        if not info.path.startswith(("leases/", "probes/")):
-            target.write_atomic(info.path, source.read_bytes(info.path))
-
-
 # -- processes -------------------------------------------------------------------------------
 
 

@@ -22,7 +22,6 @@ from tests.overlap.harness import (
     collect_garbage,
     collect_garbage_here,
     command,
-    copy_root,
     kill_rounds,
     kill_while_writing,
     overlap_rounds,
@@ -37,6 +36,7 @@ from tests.overlap.invariants import (
     manifest_outcome,
     version_folders,
 )
+from tests.support import copy_root
 
 DATASET = "datasets/lung-nodules"
 

@@ -25,7 +25,6 @@ from tests.overlap.harness import (
     clean_run,
     collect_garbage_here,
     command,
-    copy_root,
     kill_rounds,
     kill_while_writing,
     round_note,
@@ -41,7 +40,7 @@ from tests.overlap.invariants import (
     promotion_outcome,
     version_folders,
 )
-from tests.support import make_settings
+from tests.support import copy_root, make_settings
 
 MODEL = "lung-nodule-cnn"
 # `lungcls promote` or `lungcls rollback`, killed right after it moved the champion, before

@@ -18,7 +18,6 @@ from tests.overlap.harness import (
     collect_garbage,
     collect_garbage_here,
     command,
-    copy_root,
     kill_rounds,
     kill_while_writing,
     overlap_rounds,
@@ -34,7 +33,7 @@ from tests.overlap.invariants import (
     model_weights,
     version_folders,
 )
-from tests.support import train_in_process
+from tests.support import copy_root, train_in_process
 
 MODEL = "lung-nodule-cnn"
 MODELS = f"models/{MODEL}"

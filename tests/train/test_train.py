@@ -141,7 +141,9 @@ def test_same_seed_on_one_worker_gives_identical_weights(
 def test_tune_publishes_the_best_trial(shared_root: Path, ray_local: None) -> None:
     from lungcls.train.tune import tune_model
 
-    settings = _prepared(shared_root, tune={"trials": 2, "max_epochs": 2, "grace_period": 1})
+    one = {**TINY["train"], "num_workers": 1, "cpus_per_worker": 1}  # DDP is tested above
+    tune = {"trials": 2, "max_epochs": 2, "grace_period": 1}
+    settings = _prepared(shared_root, train=one, tune=tune)
     result = tune_model(settings)
     record = load_record(Storage.from_settings(settings), settings.model.name)
     assert record.version == result.model_version == 1 and record.tune is not None
