@@ -12,6 +12,7 @@ from lungcls.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from lungcls.io.storage import Storage
+    from lungcls.monitor.report import ModelScores
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
@@ -48,9 +49,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
-def _champion_scores(
-    settings: Settings, storage: Storage, batch: str
-) -> tuple[list[float], list[float]] | None:
+def _champion_scores(settings: Settings, storage: Storage, batch: str) -> ModelScores | None:
     """The champion's scores on its test split and on the batch, once `lungcls monitor
     --batch` scored it (else None: the report then has no score row). No champion: the
     error says to promote one, before any work."""

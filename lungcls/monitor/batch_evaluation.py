@@ -104,7 +104,9 @@ class BatchEvaluation(Record):
     wide interval alone raises nothing, and a batch whose AUC is not estimable raises no AUC
     alert). `scores` are the calibrated probabilities of every scored sample, ascending, and
     `labels` the label of each (None: unlabelled): the score distribution, with nothing that
-    links a score to a series.
+    links a score to a series. `patient_scores`, ascending, are each scored patient's mean
+    score: the unit the drift report compares (a patient's samples are not independent);
+    empty in rows written before the field (their drift reports compare samples).
     """
 
     SCHEMA: ClassVar[str] = "lungcls.batch-evaluation/1"
@@ -128,6 +130,7 @@ class BatchEvaluation(Record):
     alerts: list[str] = Field(default_factory=list)
     scores: list[float] = Field(default_factory=list)
     labels: list[int | None] = Field(default_factory=list)
+    patient_scores: list[float] = Field(default_factory=list)
 
     @property
     def file_name(self) -> str:

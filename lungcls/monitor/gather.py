@@ -35,7 +35,13 @@ from lungcls.ingest.ledger import Ledger
 from lungcls.ingest.series_store import iter_series
 from lungcls.io.storage import Storage
 from lungcls.monitor.features import acquisition_table, image_statistics
-from lungcls.monitor.report import DriftCounts, DriftReport, DriftTables, build_drift_report
+from lungcls.monitor.report import (
+    DriftCounts,
+    DriftReport,
+    DriftTables,
+    ModelScores,
+    build_drift_report,
+)
 from lungcls.monitor.statistics import PATIENT, DriftError
 from lungcls.retention.erasure_log import read_erased, without_erased
 
@@ -193,7 +199,7 @@ def drift_report(
     *,
     dataset: DatasetRef | None = None,
     splits: Sequence[str] | None = None,
-    scores: tuple[Sequence[float], Sequence[float]] | None = None,
+    scores: ModelScores | None = None,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DriftReport:
     """The drift report of inbox batch `batch` (its folder name, as ingested).

@@ -53,6 +53,7 @@ from lungcls.monitor.batch_evaluation import (
     find_batch_evaluation,
 )
 from lungcls.monitor.gather import batch_patches, batch_series_ids
+from lungcls.monitor.report import ModelScores
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record
 from lungcls.retention.erasure_log import read_erased, without_erased
@@ -275,20 +276,29 @@ def evaluate_batch(settings: Settings, batch: str) -> BatchEvaluation:
         alerts=alerts,
         scores=[float(s) for s in frame["score"].to_numpy()[order]],
         labels=[None if pd.isna(v) else int(v) for v in frame["label"].to_numpy()[order]],
+        patient_scores=_patient_means(frame),
     )
     committed = commit_batch_evaluation(storage, row, new_run_id("monitor"))
     write_history(storage, record.name)
     return committed
 
 
-def drift_scores(settings: Settings, row: BatchEvaluation) -> tuple[list[float], list[float]]:
-    """(reference, batch) scores for `drift_report(..., scores=...)`: the champion's
-    calibrated scores on its own test split (data it did not fit) and on the batch."""
+def drift_scores(settings: Settings, row: BatchEvaluation) -> ModelScores:
+    """The champion's calibrated scores for `drift_report(..., scores=...)`: on its own test
+    split (data it did not fit) and on the batch, one mean per patient (per sample for a
+    row written before rows kept their patients' means)."""
     storage = Storage.from_settings(settings)
     record = load_record(storage, row.model, row.model_version)
     report = latest_report(storage, record, record.dataset)
     if report is None:
         raise MonitoringError(f"{record} has no evaluation on {record.dataset} to compare with")
     scores = load_scores(storage, report)
-    test = scores[scores["split"] == "test"]["score"]
-    return [float(s) for s in test], list(row.scores)
+    test = scores[scores["split"] == "test"]
+    if not row.patient_scores:
+        return ModelScores([float(s) for s in test["score"]], list(row.scores), per_patient=False)
+    return ModelScores(_patient_means(test), list(row.patient_scores))
+
+
+def _patient_means(scored: pd.DataFrame) -> list[float]:
+    """Each patient's mean score, ascending (no patient named)."""
+    return sorted(float(s) for s in scored.groupby("patient_id")["score"].mean())

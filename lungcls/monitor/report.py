@@ -33,6 +33,7 @@ from lungcls.monitor.features import (
     SCORE_FEATURE,
 )
 from lungcls.monitor.statistics import (
+    PER_PATIENT,
     FeatureDrift,
     compare_continuous,
     compare_embeddings,
@@ -178,6 +179,17 @@ class DriftTables:
     counts: DriftCounts
 
 
+@dataclass(frozen=True)
+class ModelScores:
+    """The model's probabilities on (reference, batch): one value per patient (the mean of
+    its samples) when `per_patient`, as the tables are compared (`statistics`, module doc);
+    per sample for a history row written before rows kept their patients' means."""
+
+    reference: Sequence[float]
+    batch: Sequence[float]
+    per_patient: bool = True
+
+
 def build_drift_report(
     tables: DriftTables,
     monitoring: MonitoringSettings,
@@ -186,7 +198,7 @@ def build_drift_report(
     reference: DatasetRef,
     reference_splits: Sequence[str] = ("train",),
     model: str | None = None,
-    scores: tuple[Sequence[float], Sequence[float]] | None = None,
+    scores: ModelScores | None = None,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     created_at: str | None = None,
 ) -> DriftReport:
@@ -199,7 +211,7 @@ def build_drift_report(
         reference: The dataset version whose splits are the reference.
         reference_splits: Which of its splits.
         model: The model whose training data the reference is, for the record.
-        scores: The model's probabilities on (reference, batch) samples. Score the
+        scores: The model's probabilities on (reference, batch). Score the
             reference on data the model did not fit (out-of-fold or test scores): on its
             own training samples a model is more confident, which would read as drift.
         embeddings: Penultimate-layer embeddings (samples x dimensions) of (reference,
@@ -214,7 +226,10 @@ def build_drift_report(
         tables.reference_samples, tables.current_samples, IMAGE_FEATURES, monitoring
     )
     if scores is not None:
-        rows.append(compare_continuous(SCORE_FEATURE, "model", scores[0], scores[1], least))
+        row = compare_continuous(SCORE_FEATURE, "model", scores.reference, scores.batch, least)
+        if scores.per_patient:
+            row.detail += f"; {PER_PATIENT['continuous']}"
+        rows.append(row)
     if embeddings is not None:
         rows.append(compare_embeddings(EMBEDDING_FEATURE, embeddings[0], embeddings[1], least))
     return DriftReport(

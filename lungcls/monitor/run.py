@@ -159,11 +159,10 @@ def monitor_ingested(settings: Settings, ingest_run_id: str) -> MonitoringSummar
         summary.note = "no batch brought new series"
     elif not _has_champion(storage, settings.model.name):
         summary.note = "no champion yet: the first model is trained on these batches"
-    for batch in batches if not summary.note else []:
-        monitored = monitor_batch(settings, storage, batch, run_id)
-        for alert in monitored.alerts:
-            log.warning("monitoring alert for batch %s: %s", monitored.batch, alert)
-        summary.batches.append(monitored)
+    else:
+        summary.batches = [monitor_batch(settings, storage, b, run_id) for b in batches]
+    for alert in summary.alerts:
+        log.warning("monitoring alert for batch %s", alert)
     summary.save(storage, done)
     return summary
 

@@ -144,6 +144,11 @@ def test_a_batch_like_the_training_data_is_scored_as_an_external_test(root: Root
         assert metric.value is not None and 0.0 <= metric.value <= 1.0
     assert auc >= MIN_BATCH_AUC and row.alerts == [], row.summary_lines()
     assert row.scores == sorted(row.scores) and len(row.scores) == 24
+    # One mean a patient, the drift report's unit: within the range of the samples' scores.
+    support = row.class_support
+    assert support is not None and row.patient_scores == sorted(row.patient_scores)
+    assert len(row.patient_scores) <= support.patients_with_cancer + support.patients_without_cancer
+    assert row.scores[0] <= row.patient_scores[0] <= row.patient_scores[-1] <= row.scores[-1]
     assert any(r.batch == row.batch for r in read_batch_history(storage, row.model))
     png = storage.read_bytes(f"{monitoring_dir(row.model)}/history.png")
     assert png.startswith(b"\x89PNG")

@@ -10,7 +10,13 @@ import pytest
 from lungcls.config import MonitoringSettings, load_settings
 from lungcls.dataset.manifest import DatasetRef
 from lungcls.monitor.features import ACQUISITION_FEATURES, IMAGE_FEATURES, image_statistics
-from lungcls.monitor.report import DriftCounts, DriftReport, DriftTables, build_drift_report
+from lungcls.monitor.report import (
+    DriftCounts,
+    DriftReport,
+    DriftTables,
+    ModelScores,
+    build_drift_report,
+)
 from lungcls.monitor.statistics import (
     DriftError,
     compare_categorical,
@@ -163,13 +169,14 @@ def test_scores_and_embeddings_join_the_report() -> None:
     report = _report(
         (series, samples),
         (series, samples),
-        scores=(rng.uniform(0, 1, 60), rng.uniform(0.5, 1, 30)),
+        scores=ModelScores(rng.uniform(0, 1, 60), rng.uniform(0.5, 1, 30)),
         embeddings=(rng.normal(size=(60, 8)), rng.normal(size=(30, 8)) + 2.0),
     )
     drifted = {f.name: f for f in report.drifted_features}
     assert set(drifted) == {"model_score", "penultimate_embedding"}
     assert drifted["penultimate_embedding"].effect_name == "2·(AUC − 0.5)"
     assert all(f.group == "model" for f in drifted.values())
+    assert "one value per patient" in drifted["model_score"].detail
 
 
 def test_image_statistics_read_hu_back_from_the_window() -> None:
