@@ -23,6 +23,8 @@ from lungcls.train.runs import TrainResult, load_run, read_history, unfinished_r
 from lungcls.train.trainer import train_model
 from tests.support import make_settings
 
+pytestmark = pytest.mark.slow
+
 SCANS = SynthOptions(
     scans=48, slices=20, rows=64, columns=64, pixel_spacing_mm=5.6, slice_spacing_mm=5.0, seed=21
 )
@@ -130,7 +132,7 @@ def test_two_workers_learn_far_above_chance_and_a_killed_worker_resumes(
 def test_same_seed_on_one_worker_gives_identical_weights(
     shared_root: Path, ray_local: None
 ) -> None:
-    one = {**TINY["train"], "num_workers": 1, "epochs": 2, "cpus_per_worker": 1}
+    one = {**TINY["train"], "num_workers": 1, "epochs": 1, "cpus_per_worker": 1}
     settings = _prepared(shared_root, train=one)
     train_model(settings)
     train_model(settings)
