@@ -14,8 +14,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from lungcls.config import IngestSettings
+from lungcls.ingest.ct_volume import CTVolume, assemble_series
 from lungcls.ingest.decode import ArchiveScan, StagedSeries
-from lungcls.ingest.dicom_series import CTVolume, Problem, assemble_series
+from lungcls.ingest.dicom_series import Problem
 from lungcls.ingest.series_store import SeriesRecord, new_series_file, write_series_file
 from lungcls.ingest.staging import read_staged_series
 from lungcls.io.quarantine import QuarantineItem
@@ -124,33 +125,15 @@ def assemble_group(
     quarantined: list[QuarantineItem] = []
     duplicate_files = 0
     staged = [a.staged for a in group.archives if a.staged]
-    incomplete: dict[str, list[str]] = {}
-    for scan in group.archives:
-        for series_id, codes in scan.incomplete.items():
-            incomplete.setdefault(series_id, []).extend(codes)
+    incomplete = _refused_slice_codes(group)
 
     def refuse(series_id: str, code: str, message: str) -> None:
-        quarantined.append(
-            QuarantineItem(
-                level="series",
-                code=code,
-                message=message,
-                source_url=source_url,
-                archive_id=group.primary.archive_id,
-                series_id=series_id,
-            )
-        )
+        quarantined.append(_series_item(group, source_url, series_id, code, message))
 
     def records() -> Iterator[SeriesRecord]:
         for series_id in sorted(group.series):
             if series_id in incomplete:
-                codes = ", ".join(sorted(set(incomplete[series_id])))
-                refuse(
-                    series_id,
-                    "incomplete_series",
-                    f"{len(incomplete[series_id])} slice(s) of this series were refused "
-                    f"({codes}); it is not stored short. Fix or replace those files",
-                )
+                refuse(series_id, "incomplete_series", _incomplete_message(incomplete[series_id]))
                 continue
             try:
                 slices = read_staged_series(storage, staged, series_id)
@@ -184,6 +167,35 @@ def assemble_group(
     facts = [(s, group.series[s].study_id, group.series[s].patient_id) for s in stored]
     keys = [a.key for a in group.archives]
     return GroupOutcome(keys, series_file, facts, quarantined, duplicate_files)
+
+
+def _refused_slice_codes(group: SeriesGroup) -> dict[str, list[str]]:
+    """By series, the codes of its slices that the group's archives refused."""
+    codes: dict[str, list[str]] = {}
+    for scan in group.archives:
+        for series_id, refused in scan.incomplete.items():
+            codes.setdefault(series_id, []).extend(refused)
+    return codes
+
+
+def _series_item(
+    group: SeriesGroup, source_url: str, series_id: str, code: str, message: str
+) -> QuarantineItem:
+    return QuarantineItem(
+        level="series",
+        code=code,
+        message=message,
+        source_url=source_url,
+        archive_id=group.primary.archive_id,
+        series_id=series_id,
+    )
+
+
+def _incomplete_message(codes: list[str]) -> str:
+    return (
+        f"{len(codes)} slice(s) of this series were refused ({', '.join(sorted(set(codes)))}); "
+        "it is not stored short. Fix or replace those files"
+    )
 
 
 def _record(volume: CTVolume, series_id: str, group: SeriesGroup, run_id: str) -> SeriesRecord:

@@ -12,21 +12,15 @@ be used becomes a quarantine item with a stable code, and fine files that are no
 from __future__ import annotations
 
 import posixpath
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from lungcls.config import IngestSettings
 from lungcls.ingest.archive import ArchiveReader, ArchiveRef, ArchiveRejected, Member
+from lungcls.ingest.ct_volume import CTVolume, assemble_series
 from lungcls.ingest.deid import pseudonym
-from lungcls.ingest.dicom_series import (
-    CTSlice,
-    CTVolume,
-    Problem,
-    Skipped,
-    assemble_series,
-    read_file,
-)
+from lungcls.ingest.dicom_series import CTSlice, Problem, Skipped, read_file
 from lungcls.ingest.staging import SliceWriter
 from lungcls.io.quarantine import QuarantineItem
 from lungcls.io.storage import Storage, StorageError
@@ -100,24 +94,9 @@ def scan_archive(
     reader = ArchiveReader(storage, ref, options.limits)
     writer = SliceWriter(storage, f"{staging}/{pseudonym(key, 'archive', ref.key)}.parquet")
     scan = ArchiveScan(ref.key, "", "", 0)
-    skipped: Counter[str] = Counter()
     erased = erased or Erased()
     try:
-        for result in _member_results(reader, source):
-            if reader.sha256 in erased.archives:  # a zip's digest is known before its members
-                raise ArchiveRejected("erased", ERASED_ARCHIVE)
-            if isinstance(result, QuarantineItem):
-                scan.quarantined.append(result)
-            elif isinstance(result, tuple):
-                _note_incomplete(scan, key, *result)
-            elif isinstance(result, Skipped):
-                skipped[result.code] += 1
-            else:
-                for piece in result:
-                    _stage(writer, scan, key, piece, erased)
-        if reader.sha256 in erased.archives:
-            raise ArchiveRejected("erased", ERASED_ARCHIVE)
-        scan.staged = writer.close()
+        _read_members(reader, writer, scan, source, key, erased)
     except (StorageError, OSError):
         raise
     except ArchiveRejected as rejected:
@@ -132,7 +111,44 @@ def scan_archive(
         scan.rejected = _archive_item(source, "internal_error", message)
     scan.sha256, scan.bytes_read = reader.sha256, reader.bytes_read
     scan.archive_id = archive_pseudonym(key, reader.sha256, ref.key)
-    scan.skipped = dict(skipped)
+    _quarantine_erased_series(scan, source)
+    if scan.rejected:  # a refused archive keeps nothing but its rejection
+        scan.rejected.archive_id = scan.archive_id
+        scan.series, scan.incomplete, scan.quarantined, scan.staged = {}, {}, [], ""
+    for item in scan.quarantined:
+        item.archive_id = scan.archive_id
+    return scan
+
+
+def _read_members(
+    reader: ArchiveReader,
+    writer: SliceWriter,
+    scan: ArchiveScan,
+    source: str,
+    key: bytes,
+    erased: Erased,
+) -> None:
+    """Stage the slices of every member and note the rest in `scan`; raises ArchiveRejected
+    (so does an archive whose bytes were erased, once its digest is known)."""
+    for result in _member_results(reader, source):
+        if reader.sha256 in erased.archives:  # a zip's digest is known before its members
+            raise ArchiveRejected("erased", ERASED_ARCHIVE)
+        if isinstance(result, QuarantineItem):
+            scan.quarantined.append(result)
+        elif isinstance(result, tuple):
+            _note_incomplete(scan, key, *result)
+        elif isinstance(result, Skipped):
+            scan.skipped[result.code] = scan.skipped.get(result.code, 0) + 1
+        else:
+            for piece in result:
+                _stage(writer, scan, key, piece, erased)
+    if reader.sha256 in erased.archives:
+        raise ArchiveRejected("erased", ERASED_ARCHIVE)
+    scan.staged = writer.close()
+
+
+def _quarantine_erased_series(scan: ArchiveScan, source: str) -> None:
+    """A series refused as erased is one `erased` item, not an incomplete series."""
     for series_id in sorted(scan.erased):
         scan.incomplete.pop(series_id, None)
         scan.quarantined.append(
@@ -144,12 +160,6 @@ def scan_archive(
                 series_id=series_id,
             )
         )
-    items = [scan.rejected] if scan.rejected else scan.quarantined
-    for item in items:
-        item.archive_id = scan.archive_id
-    if scan.rejected:
-        scan.series, scan.incomplete, scan.quarantined, scan.staged = {}, {}, [], ""
-    return scan
 
 
 def _stage(

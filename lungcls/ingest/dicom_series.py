@@ -1,11 +1,11 @@
-"""From DICOM files to checked CT volumes in Hounsfield units.
+"""From DICOM files to CT slices in Hounsfield units.
 
 `read_file` turns one file into its CT slices (one per frame), a `Skipped` (a fine file that
 is not an axial CT image: a localizer, a dose report, a PET series beside the CT, …) or a
-`Problem` with a stable code; it never raises, whatever the bytes. `assemble_series` sorts
-the slices of one SeriesInstanceUID along the slice normal, checks that the geometry is one
-regular grid, and stacks the HU pixels into an int16 volume. This is the one way lungcls
-opens DICOM: ingest and predict both use it.
+`Problem` with a stable code; it never raises, whatever the bytes. The pixels become HU in
+`lungcls.ingest.hu_pixels`; `lungcls.ingest.ct_volume.assemble_series` then checks that the
+slices of one series form a regular grid and stacks them. This is the one way lungcls opens
+DICOM: ingest and predict both use it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,19 @@ import pydicom.config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from lungcls.ingest.deid import kept_metadata
+from lungcls.ingest.hu_pixels import (
+    PixelError,
+    frame_hu,
+    padding_value,
+    recoverable,
+    stored_pixels,
+)
 from lungcls.ingest.multiframe import (
     CT_CLASSES,
     CT_IMAGE_STORAGE,
-    UNIT_TOLERANCE,
-    FrameHeader,
     HeaderError,
     frame_headers,
     is_multiframe,
@@ -42,10 +46,8 @@ from lungcls.ingest.multiframe import (
 __all__ = [
     "CT_IMAGE_STORAGE",
     "CTSlice",
-    "CTVolume",
     "Problem",
     "Skipped",
-    "assemble_series",
     "read_file",
 ]
 
@@ -53,7 +55,6 @@ __all__ = [
 # would reach the logs); read_file checks every value it uses itself.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
-HU_MIN, HU_MAX = -32768, 32767
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # A slice whose normal is within 45° of the patient's z axis is axial (gantry tilt included);
 # beyond that it is a coronal, sagittal or oblique reconstruction.
@@ -122,35 +123,6 @@ class CTSlice:
     transfer_syntax: str = ""
 
 
-@dataclass
-class CTVolume:
-    """A checked series: int16 HU volume (z, y, x) and its geometry, still with raw UIDs."""
-
-    slices: list[CTSlice]
-    hu: np.ndarray
-    spacing_zyx_mm: tuple[float, float, float]
-    duplicates_dropped: int
-    metadata: dict[str, Any]  # series-level, allow-listed attributes
-    # Where predict aims the patch (a center given by the user or labels.csv); ingest stores
-    # the labelled center in the series store instead.
-    nodule_center_xyz_mm: tuple[float, float, float] | None = None
-
-    @property
-    def first(self) -> CTSlice:
-        return self.slices[0]
-
-    @property
-    def origin_xyz_mm(self) -> tuple[float, float, float]:
-        """Patient position of the first voxel (the first slice after sorting)."""
-        x, y, z = (float(v) for v in self.first.position_xyz_mm)
-        return (x, y, z)
-
-    @property
-    def orientation(self) -> tuple[float, ...]:
-        """Row cosines then column cosines, shared by every slice (checked on assembly)."""
-        return tuple(float(v) for v in self.first.orientation)
-
-
 def read_file(
     member: str, data: bytes, sha256: str, known_series: Container[str] = ()
 ) -> list[CTSlice] | Problem | Skipped:
@@ -164,18 +136,12 @@ def read_file(
     try:
         return _read_file(member, data, sha256, known_series)
     except BaseException as error:  # the last line of defence: no input may stop a run
-        if not _recoverable(error):
+        if not recoverable(error):
             raise
         return Problem(
             "internal_error",
             f"unexpected {type(error).__name__} while reading this file; please report it",
         )
-
-
-def _recoverable(error: BaseException) -> bool:
-    """Any Exception, and the panics of decoders written in Rust (pyo3's PanicException is
-    a BaseException); never KeyboardInterrupt or SystemExit."""
-    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
 
 
 def _read_file(
@@ -193,7 +159,7 @@ def _read_file(
         return Problem(error.code, error.message)
     try:
         decoded = _ct_slices(ds, member, sha256, series_uid, known_series)
-    except HeaderError as error:
+    except (HeaderError, PixelError) as error:
         decoded = Problem(error.code, error.message)
     if isinstance(decoded, Problem):
         return dataclasses.replace(decoded, series_uid=series_uid)
@@ -293,7 +259,8 @@ def _not_a_ct_slice(ds: Dataset) -> Skipped | Problem | None:
 def _ct_slices(
     ds: Dataset, member: str, sha256: str, series_uid: str, known_series: Container[str]
 ) -> list[CTSlice] | Problem | Skipped:
-    """The slices of a file that is a CT image (one per frame), or why not."""
+    """The slices of a file that is a CT image (one per frame), or why not; an unusable
+    header value or pixel data raises `HeaderError` or `PixelError`."""
     if "PixelData" not in ds:  # first: PixelData comes last, a file cut short lacks it
         return Problem(
             "missing_pixel_data", "the file has no PixelData (or the file was cut short)"
@@ -313,18 +280,13 @@ def _ct_slices(
             "file or export the series without annotations",
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    pixels = _pixels(ds, syntax, len(frames))
-    if isinstance(pixels, Problem):
-        return pixels
-
-    padding = _padding_value(ds)
+    pixels = stored_pixels(ds, syntax, len(frames))
+    padding = padding_value(ds)
     multiframe = is_multiframe(ds)
     patient_id = _text(ds, "PatientID")
     slices = []
     for frame, stored in zip(frames, pixels, strict=True):
-        hu = _hu(stored, frame, padding)
-        if isinstance(hu, Problem):
-            return hu
+        hu = frame_hu(stored, frame, padding)
         first = not slices and series_uid not in known_series
         slices.append(
             CTSlice(
@@ -343,91 +305,6 @@ def _ct_slices(
             )
         )
     return slices
-
-
-def _pixels(ds: Dataset, syntax: UID | None, frames: int) -> np.ndarray | Problem:
-    """The stored pixel values as (frames, rows, columns), or why they cannot be decoded."""
-    if syntax is not None and not syntax.is_transfer_syntax:
-        return Problem("no_decoder", "the TransferSyntaxUID is not a known transfer syntax")
-    if syntax is not None and syntax.is_compressed:
-        try:
-            available = get_decoder(syntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            return Problem(
-                "no_decoder",
-                f"pixel data compressed as {syntax.name} ({syntax}); no installed decoder "
-                "handles it (install the matching pylibjpeg/pydicom plugin)",
-            )
-    try:
-        pixels = ds.pixel_array
-    except BaseException as error:  # decoders raise many types; their text is not for the record
-        if not _recoverable(error):
-            raise
-        if _native_pixels_short(ds, syntax, frames):
-            return Problem("truncated", "the pixel data is shorter than its size: file truncated")
-        name = syntax.name if syntax is not None else "no transfer syntax given"
-        return Problem(
-            "pixel_decode_error",
-            f"pixel data ({name}) cannot be decoded ({type(error).__name__})",
-        )
-    if pixels.ndim == 2 and frames == 1:
-        pixels = pixels[np.newaxis]
-    if pixels.ndim != 3 or pixels.shape[0] != frames:
-        return Problem(
-            "unsupported_pixels",
-            f"expected {frames} grey frame(s), got an array of shape {pixels.shape}",
-        )
-    return pixels
-
-
-def _native_pixels_short(ds: Dataset, syntax: UID | None, frames: int) -> bool:
-    """Whether uncompressed pixel data holds fewer bytes than its header promises."""
-    if syntax is None or syntax.is_compressed:
-        return False
-    try:
-        bits = int(ds.get("BitsAllocated", 16))
-        expected = int(ds.Rows) * int(ds.Columns) * frames * bits // 8
-        return len(ds.PixelData) < expected
-    except Exception:
-        return False
-
-
-def _hu(stored: np.ndarray, frame: FrameHeader, padding: int | None) -> np.ndarray | Problem:
-    """One frame's stored values in HU as int16; values outside int16 other than the pixel
-    padding mean the stored values were misread (signedness, bit depth) or are damaged."""
-    slope, intercept = frame.slope, frame.intercept
-    if (
-        slope == 1.0
-        and intercept.is_integer()
-        and abs(intercept) < 2**20
-        and stored.dtype.kind in "iu"
-    ):
-        hu = stored.astype(np.int32) + int(intercept)  # the usual case: exact and cheaper
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            hu = np.rint(stored.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    if not (hu.min() >= HU_MIN and hu.max() <= HU_MAX):
-        outside = ~((hu >= HU_MIN) & (hu <= HU_MAX))
-        if padding is not None:
-            outside &= stored != padding
-        if outside.any():
-            return Problem(
-                "hu_out_of_range",
-                "stored values rescale to HU outside -32768..32767: the pixel data does not "
-                "match PixelRepresentation/BitsStored or the rescale (a vendor quirk or a "
-                "damaged file)",
-            )
-    return np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
-
-
-def _padding_value(ds: Dataset) -> int | None:
-    try:
-        value = ds.get("PixelPaddingValue")
-        return None if value is None else int(value)
-    except Exception:  # an unreadable padding value only loses the exemption
-        return None
 
 
 def _metadata(ds: Dataset, multiframe: bool) -> dict[str, Any]:
@@ -458,65 +335,3 @@ def _sop_class_name(sop_class: str) -> str:
         return "none"
     name = UID(sop_class).name
     return name if name != sop_class else "an unregistered SOP class"
-
-
-def assemble_series(slices: Sequence[CTSlice], tolerance_mm: float = 0.05) -> CTVolume | Problem:
-    """Sort one series' slices along the slice normal and check they form one regular grid."""
-    by_uid: dict[str, CTSlice] = {}
-    duplicates = 0
-    for s in slices:
-        seen = by_uid.get(s.sop_uid)
-        if seen is None:
-            by_uid[s.sop_uid] = s
-        elif seen.sha256 == s.sha256:
-            duplicates += 1  # the same file delivered twice: harmless
-        else:
-            return Problem(
-                "conflicting_duplicate_sop",
-                f"two different files share one SOPInstanceUID ({seen.member}, {s.member})",
-            )
-    unique = list(by_uid.values())
-    first = unique[0]
-    metadata = next((s.metadata for s in unique if s.metadata), {})
-
-    if len({s.hu.shape for s in unique}) > 1:
-        return Problem("inconsistent_dimensions", "slices differ in rows/columns")
-    if any(not np.allclose(s.orientation, first.orientation, atol=1e-4) for s in unique):
-        return Problem("inconsistent_orientation", "slices differ in ImageOrientationPatient")
-    if any(not np.allclose(s.pixel_spacing_mm, first.pixel_spacing_mm, atol=1e-4) for s in unique):
-        return Problem("inconsistent_spacing", "slices differ in PixelSpacing")
-
-    row_cosines, column_cosines = first.orientation[:3], first.orientation[3:]
-    normal = np.cross(row_cosines, column_cosines)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=UNIT_TOLERANCE):
-        return Problem("missing_geometry", "ImageOrientationPatient is not two unit vectors")
-    unique.sort(key=lambda s: float(s.position_xyz_mm @ normal))
-    along = np.array([s.position_xyz_mm @ normal for s in unique])
-
-    if len(unique) == 1:
-        thickness = metadata.get("slice_thickness_mm")
-        if not thickness:
-            return Problem("missing_geometry", "single-slice series without SliceThickness")
-        step = float(thickness)
-    else:
-        steps = np.diff(along)
-        if steps.min() < tolerance_mm:
-            return Problem("duplicate_position", "two slices share one position along the normal")
-        step = float(np.median(steps))
-        worst = float(np.abs(steps - step).max())
-        if worst > max(tolerance_mm, 0.01 * step):
-            return Problem(
-                "slice_gap",
-                f"slice steps vary from {steps.min():.3f} to {steps.max():.3f} mm "
-                f"(median {step:.3f}); expected a regular grid within {tolerance_mm} mm",
-            )
-        # Positions must line up along the normal, or the stack is sheared (gantry tilt).
-        offsets = [s.position_xyz_mm - (s.position_xyz_mm @ normal) * normal for s in unique]
-        if float(np.abs(np.asarray(offsets) - offsets[0]).max()) > max(tolerance_mm, 0.5):
-            return Problem(
-                "inconsistent_orientation", "slice positions drift in-plane (tilted or sheared)"
-            )
-
-    volume = np.stack([s.hu for s in unique])
-    row_spacing, column_spacing = first.pixel_spacing_mm
-    return CTVolume(unique, volume, (step, row_spacing, column_spacing), duplicates, metadata)

@@ -40,9 +40,9 @@ from lungcls.evaluate.evaluation import resolve_version
 from lungcls.evaluate.report import Calibration
 from lungcls.evaluate.store import latest_report
 from lungcls.ingest.archive import ArchiveRef, ArchiveRejected, archive_kind, discover_archives
+from lungcls.ingest.ct_volume import CTVolume
 from lungcls.ingest.decode import decode_archive
 from lungcls.ingest.deid import pseudonym, pseudonym_key
-from lungcls.ingest.dicom_series import CTVolume
 from lungcls.ingest.labels import BatchLabels, parse_labels
 from lungcls.io.quarantine import QuarantineItem
 from lungcls.io.storage import Storage, StorageError

@@ -24,15 +24,9 @@ from pydicom.uid import RLELossless, generate_uid
 
 from lungcls.config import Settings
 from lungcls.ingest import dicom_series
+from lungcls.ingest.ct_volume import CTVolume, assemble_series
 from lungcls.ingest.deid import kept_metadata
-from lungcls.ingest.dicom_series import (
-    CTSlice,
-    CTVolume,
-    Problem,
-    Skipped,
-    assemble_series,
-    read_file,
-)
+from lungcls.ingest.dicom_series import CTSlice, Problem, Skipped, read_file
 from lungcls.ingest.run import ingest
 from lungcls.sources.dicom_writer import dicom_bytes, pack_zip
 from tests.support import REAL_DATA

@@ -85,29 +85,8 @@ def import_volumes(
     run_id = new_run_id("import")
     batch_dir = f"{inbox}/{batch}"
 
-    by_patient: dict[str, list[SourceRow]] = defaultdict(list)
-    for row in rows:
-        by_patient[patient_pseudonym(key, row.patient_id)].append(row)
-    imported: list[ImportedVolume] = []
-    patients: list[Patient] = []
-    for pseudonym in sorted(by_patient):
-        series, members = patient_series(
-            src, key, batch, pseudonym, by_patient[pseudonym], refusals
-        )
-        if not series:
-            continue
-        storage.write_atomic(f"{batch_dir}/{pseudonym}.zip", pack_zip(members))
-        imported += series
-        # The split its rows give (they agree: conflicts were refused); label: any positive.
-        given = next((r.split for r in by_patient[pseudonym] if r.split), None)
-        patients.append(Patient(pseudonym, max(s.label for s in series), given))
-
-    assign_splits(patients, options)
-    split_of = {p.pseudonym: p.split for p in patients}
-    imported = sorted(
-        (item.model_copy(update={"split": split_of[item.patient]}) for item in imported),
-        key=lambda item: item.row,
-    )
+    imported, patients = write_patient_archives(src, storage, batch, batch_dir, key, rows, refusals)
+    imported = with_splits(imported, patients, options)
     if imported:  # last: a batch is complete once its labels are there
         storage.write_atomic(f"{batch_dir}/labels.csv", labels_csv(imported, patients).encode())
     refusals.sort(key=lambda r: (r.row is None, r.row or 0, r.file or ""))
@@ -130,6 +109,48 @@ def import_volumes(
     )
     VolumeImportReport.of(result, options).save(storage, result.report)
     return result
+
+
+def write_patient_archives(
+    src: Path,
+    storage: Storage,
+    batch: str,
+    batch_dir: str,
+    key: bytes,
+    rows: list[SourceRow],
+    refusals: list[Refusal],
+) -> tuple[list[ImportedVolume], list[Patient]]:
+    """Write one zip of DICOM series per pseudonymous patient with a usable row; returns the
+    imported volumes (no split yet) and the patients. Refused rows are added to `refusals`."""
+    by_patient: dict[str, list[SourceRow]] = defaultdict(list)
+    for row in rows:
+        by_patient[patient_pseudonym(key, row.patient_id)].append(row)
+    imported: list[ImportedVolume] = []
+    patients: list[Patient] = []
+    for pseudonym in sorted(by_patient):
+        series, members = patient_series(
+            src, key, batch, pseudonym, by_patient[pseudonym], refusals
+        )
+        if not series:
+            continue
+        storage.write_atomic(f"{batch_dir}/{pseudonym}.zip", pack_zip(members))
+        imported += series
+        # The split its rows give (they agree: conflicts were refused); label: any positive.
+        given = next((r.split for r in by_patient[pseudonym] if r.split), None)
+        patients.append(Patient(pseudonym, max(s.label for s in series), given))
+    return imported, patients
+
+
+def with_splits(
+    imported: list[ImportedVolume], patients: list[Patient], options: VolumeImportOptions
+) -> list[ImportedVolume]:
+    """Assign each patient a split (set on `patients`); their volumes with it, in rows' order."""
+    assign_splits(patients, options)
+    split_of = {p.pseudonym: p.split for p in patients}
+    return sorted(
+        (item.model_copy(update={"split": split_of[item.patient]}) for item in imported),
+        key=lambda item: item.row,
+    )
 
 
 def patient_series(
