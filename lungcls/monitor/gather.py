@@ -29,6 +29,7 @@ from lungcls.dataset.manifest import DatasetRef, Manifest, load_manifest
 from lungcls.dataset.preprocess import preprocess_series
 from lungcls.dataset.shards import iter_samples
 from lungcls.dataset.validation import series_frame
+from lungcls.errors import LungclsError
 from lungcls.ingest.deid import pseudonym_key
 from lungcls.ingest.label_table import batch_pseudonym, current_labels
 from lungcls.ingest.ledger import Ledger
@@ -76,6 +77,27 @@ def batch_series_ids(ledger: Ledger, batch: str) -> set[str]:
         if entry.status == "ingested" and entry.batch == batch
         for series in entry.series_ids
     }
+
+
+def ingested_batch(
+    storage: Storage, batch: str, error: type[LungclsError]
+) -> tuple[Ledger, pd.DataFrame, set[str]]:
+    """The ledger, the series store's frame (erased series left out) and the ids of the
+    series of inbox batch `batch` in it: what the drift report and the champion's scoring
+    of a batch both start from.
+
+    Raises:
+        error: The batch has no ingested series (the caller's kind of error).
+    """
+    ledger = Ledger.load(storage)
+    frame = without_erased(series_frame(storage, ledger), read_erased(storage))
+    in_batch = batch_series_ids(ledger, batch) & set(frame["series_id"])
+    if not in_batch:
+        raise error(
+            f"batch {batch!r} has no ingested series (erased ones aside): run "
+            f"`lungcls ingest --batch {batch}` first"
+        )
+    return ledger, frame, in_batch
 
 
 def _sample_statistics(
@@ -159,14 +181,7 @@ def gather_drift_tables(
     if not known:
         raise DriftError(f"{dataset} holds no sample in {', '.join(splits)}: nothing to compare")
 
-    ledger = Ledger.load(storage)
-    frame = without_erased(series_frame(storage, ledger), read_erased(storage))
-    in_batch = batch_series_ids(ledger, batch) & set(frame["series_id"])
-    if not in_batch:
-        raise DriftError(
-            f"batch {batch!r} has no ingested series (erased ones aside): run "
-            f"`lungcls ingest --batch {batch}` first"
-        )
+    ledger, frame, in_batch = ingested_batch(storage, batch, DriftError)
     current_ids = in_batch - known
     labelled = apply_labels(frame[frame["series_id"].isin(current_ids)], current_labels(storage))
     failed: list[str] = []

@@ -15,6 +15,7 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lungcls.evaluate.render import NOT_A_DEVICE, _markdown_block, _Table
@@ -128,6 +129,25 @@ def render_history_plot(model: str, rows: Sequence[BatchEvaluation]) -> bytes:
     missing = [i for i, r in enumerate(rows) if r.roc_auc.value is None]
     if missing:
         axes.plot(missing, [0.03] * len(missing), "x", color="grey", label="not estimable")
+    _draw_champion_references(axes, rows)
+    axes.axhline(
+        rows[-1].min_batch_auc,
+        color="C3",
+        linestyle=":",
+        linewidth=1,
+        label=f"alert below {rows[-1].min_batch_auc:.2f}",
+    )
+    axes.set_xticks(
+        x, [f"{r.seq}\n{r.batch[:_SHORT]}\n{r.created_at[:10]}" for r in rows], fontsize=7
+    )
+    axes.set(xlim=(-0.6, len(rows) - 0.4), xlabel="batch (oldest first)")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _png(figure)
+
+
+def _draw_champion_references(axes: Axes, rows: Sequence[BatchEvaluation]) -> None:
+    """Per champion version: its internal test AUC as a dashed line over its batches, a
+    dotted line where the champion changed, and its version above them."""
     labelled = False
     for first, last in _segments(rows):
         reference = rows[first].internal_test_auc
@@ -144,19 +164,6 @@ def render_history_plot(model: str, rows: Sequence[BatchEvaluation]) -> bytes:
         if first > 0:
             axes.axvline(first - 0.5, color="grey", linestyle=":")
         axes.text(first - 0.45, 1.05, f"champion v{rows[first].model_version}", color="grey")
-    axes.axhline(
-        rows[-1].min_batch_auc,
-        color="C3",
-        linestyle=":",
-        linewidth=1,
-        label=f"alert below {rows[-1].min_batch_auc:.2f}",
-    )
-    axes.set_xticks(
-        x, [f"{r.seq}\n{r.batch[:_SHORT]}\n{r.created_at[:10]}" for r in rows], fontsize=7
-    )
-    axes.set(xlim=(-0.6, len(rows) - 0.4), xlabel="batch (oldest first)")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    return _png(figure)
 
 
 def _or(value: float | None, default: float) -> float:

@@ -33,7 +33,6 @@ import torch
 from lungcls.config import Settings
 from lungcls.dataset.labelling import apply_labels, nodule_center
 from lungcls.dataset.manifest import Manifest, load_manifest
-from lungcls.dataset.validation import series_frame
 from lungcls.evaluate.calibration import calibrate
 from lungcls.evaluate.evaluation import _metrics_at, _seen_series, evaluate_model
 from lungcls.evaluate.metrics import METRIC_CLASSES
@@ -52,11 +51,10 @@ from lungcls.monitor.batch_evaluation import (
     commit_batch_evaluation,
     find_batch_evaluation,
 )
-from lungcls.monitor.gather import batch_patches, batch_series_ids
+from lungcls.monitor.gather import batch_patches, ingested_batch
 from lungcls.monitor.report import ModelScores
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record
-from lungcls.retention.erasure_log import read_erased, without_erased
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +129,7 @@ def unseen_series(storage: Storage, record: ModelRecord, batch: str) -> UnseenSe
     Raises:
         MonitoringError: The batch has no ingested series.
     """
-    ledger = Ledger.load(storage)
-    frame = without_erased(series_frame(storage, ledger), read_erased(storage))
-    in_batch = batch_series_ids(ledger, batch) & set(frame["series_id"])
-    if not in_batch:
-        raise MonitoringError(
-            f"batch {batch!r} has no ingested series (erased ones aside): run "
-            f"`lungcls ingest --batch {batch}` first"
-        )
+    ledger, frame, in_batch = ingested_batch(storage, batch, MonitoringError)
     seen = _seen_series(storage, record.dataset)
     unseen = frame[frame["series_id"].isin(in_batch - seen)]
     labelled = apply_labels(unseen, current_labels(storage)) if len(unseen) else unseen
