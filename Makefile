@@ -55,7 +55,7 @@ worker: setup
 TEST_WORKERS ?= 3
 test: setup
 	mkdir -p $(WORK)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12 \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=12 \
 		--basetemp=$(WORK)/pytest
 
 # The overlap and kill -9 tests (tests/overlap) at issue 15's numbers: 10 rounds of runs at

@@ -42,13 +42,6 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(name, None)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked slow first (in collection order otherwise). `make test` hands whole
-    modules to its processes (`--dist loadscope`: a module's fixtures are built once, not
-    once per process); a long module handed out last would end the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _HOME is not None:
         shutil.rmtree(_HOME, ignore_errors=True)
