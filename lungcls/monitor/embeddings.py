@@ -36,7 +36,7 @@ from lungcls.dataset.shards import iter_samples
 from lungcls.io.storage import Storage
 from lungcls.monitor.batch_evaluation import MonitoringError
 from lungcls.monitor.gather import batch_patches
-from lungcls.monitor.prospective import SCORING_BATCH, champion_record, unseen_series
+from lungcls.monitor.prospective import champion_record, forward_in_chunks, unseen_series
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model
 
@@ -58,22 +58,8 @@ def penultimate_features(
         raise MonitoringError(
             f"{type(model).__name__} has no features() method: no penultimate layer to compare"
         )
-    out: list[np.ndarray] = []
-    chunk: list[np.ndarray] = []
-
-    def flush() -> None:
-        if chunk:
-            with torch.no_grad():
-                x = torch.from_numpy(np.stack(chunk).astype(np.float32))
-                out.append(features(x).numpy())
-            chunk.clear()
-
     model.eval()
-    for patch in patches:
-        chunk.append(patch)
-        if len(chunk) == SCORING_BATCH:
-            flush()
-    flush()
+    out = [f.numpy() for f in forward_in_chunks(features, patches)]
     if not out:
         with torch.no_grad():
             width = features(torch.zeros(1, *tensor_shape)).shape[1]

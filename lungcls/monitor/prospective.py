@@ -22,7 +22,7 @@ again returns it. The history's plot and table are rewritten after each new row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -84,25 +84,42 @@ def champion_evaluation(settings: Settings, record: ModelRecord) -> EvaluationRe
     return report or evaluate_model(settings, record.name, record.version).report
 
 
+def forward_in_chunks(
+    network: Callable[[torch.Tensor], torch.Tensor], patches: Iterable[np.ndarray]
+) -> Iterator[torch.Tensor]:
+    """`network` on the patches, `SCORING_BATCH` at a time and without gradients (a few
+    patches in memory): one output tensor per chunk, in order."""
+    chunk: list[np.ndarray] = []
+    for patch in patches:
+        chunk.append(patch)
+        if len(chunk) == SCORING_BATCH:
+            yield _forward(network, chunk)
+            chunk = []
+    if chunk:
+        yield _forward(network, chunk)
+
+
+def _forward(
+    network: Callable[[torch.Tensor], torch.Tensor], chunk: list[np.ndarray]
+) -> torch.Tensor:
+    with torch.no_grad():
+        return network(torch.from_numpy(np.stack(chunk).astype(np.float32)))
+
+
 def _raw_scores(model: torch.nn.Module, patches: Iterable[tuple[str, np.ndarray]]) -> pd.Series:
     """The network's probability of each patch, by series id, a few patches in memory."""
     ids: list[str] = []
-    scores: list[float] = []
-    chunk: list[np.ndarray] = []
 
-    def flush() -> None:
-        if chunk:
-            with torch.no_grad():
-                logits = model(torch.from_numpy(np.stack(chunk).astype(np.float32)))
-            scores.extend(torch.sigmoid(logits).reshape(-1).tolist())
-            chunk.clear()
+    def tensors() -> Iterator[np.ndarray]:
+        for series_id, patch in patches:
+            ids.append(series_id)
+            yield patch
 
-    for series_id, patch in patches:
-        ids.append(series_id)
-        chunk.append(patch)
-        if len(chunk) == SCORING_BATCH:
-            flush()
-    flush()
+    scores = [
+        float(s)
+        for logits in forward_in_chunks(model, tensors())
+        for s in torch.sigmoid(logits).reshape(-1)
+    ]
     return pd.Series(scores, index=ids, dtype=float)
 
 
