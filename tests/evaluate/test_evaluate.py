@@ -14,14 +14,14 @@ import pytest
 import torch
 import yaml
 
-from lungcls.config import Settings
+from lungcls.config import RaySettings, Settings
 from lungcls.dataset.build import build_dataset
 from lungcls.evaluate.evaluation import evaluate_model
 from lungcls.evaluate.metrics import METRIC_NAMES
 from lungcls.ingest.run import ingest
 from lungcls.io.integrity import IntegrityError
 from lungcls.io.storage import Storage
-from lungcls.predict.batch import predict_batch, predict_source
+from lungcls.predict.batch import SCORE_BATCH, predict_batch, predict_source
 from lungcls.registry.aliases import read_alias
 from lungcls.registry.decisions import read_decisions
 from lungcls.registry.promote import promote, rollback
@@ -230,6 +230,23 @@ def test_predict_matches_evaluation_and_writes_batch_results(
     in_eval = frame[frame["series_id"].isin(scores.index)]
     assert len(in_eval) > 0
     assert np.allclose(in_eval["probability"], scores[in_eval["series_id"]].to_numpy(), atol=1e-5)
+
+
+def test_predict_batch_fanned_out_on_ray_equals_in_process(trained: Settings) -> None:
+    """The inputs of a batch are prepared as Ray tasks on a real local Ray and scored in
+    batches of up to 32; each series scores as it does in this process, in the same order."""
+    import ray
+
+    local, _ = predict_batch(trained, "b1", version=1, progress=False)
+    fanned = trained.model_copy(update={"ray": RaySettings(executor="ray", num_cpus=2)})
+    try:
+        on_ray, _ = predict_batch(fanned, "b1", version=1, progress=False)
+    finally:
+        ray.shutdown()
+    assert len(local) == SCANS.scans > SCORE_BATCH  # more than one forward batch
+    assert [p.series_id for p in on_ray] == [p.series_id for p in local]
+    assert np.allclose([p.probability for p in on_ray], [p.probability for p in local], atol=1e-5)
+    assert [p.archive_id for p in on_ray] == [p.archive_id for p in local]
 
 
 def test_evaluate_promote_predict_on_s3(s3_settings: Settings, tmp_path: Path) -> None:
