@@ -85,7 +85,7 @@ class SliceWriter:
             return
         if self._writer is None:
             self._sink = self.storage.open(self.rel, "wb")
-            self._writer = pq.ParquetWriter(self._sink, STAGED_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(self._sink, STAGED_SCHEMA, compression="none")
         self._writer.write_table(pa.Table.from_pylist(self.rows, schema=STAGED_SCHEMA))
         self.rows = []
 
