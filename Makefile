@@ -66,13 +66,16 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	rm -rf $(WORK)/bench/results
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/datasets.py
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/flows.py
+	$(BIN)/python bench/goals.py
 
 # A local stack without Docker (Prefect server, S3, Ray head + worker node): infra/README.md.
 stack: setup

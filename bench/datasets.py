@@ -7,6 +7,7 @@ Prints, from one run on one synthetic inbox (in-process, one core):
   a rebuild must only notice that nothing changed);
 - an incremental build after a new batch: its time, how many series it preprocessed (goal:
   only the new ones) and how many shards it reused.
+Both goals also go to the summary table of `make bench` (`bench/goals.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+from goals import Goal, record_goals
 
 from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
@@ -67,6 +70,19 @@ def main() -> None:
         f"rebuild with no new data: {again_s:.3f} s = {report['rebuild_ratio']:.1%} of the first "
         f"build ({first_s:.1f} s; goal <= 3 %); new batch of {args.new_scans}: "
         f"{third.preprocessed} series preprocessed, {third.reused_shards} shards reused"
+    )
+    record_goals(
+        "datasets",
+        [
+            Goal("rebuild with no new data / first build", 100 * again_s / first_s, "<=", 3, "%"),
+            Goal(
+                f"series preprocessed by the build after {args.new_scans} new ones",
+                third.preprocessed,
+                "<=",
+                args.new_scans,
+                "series",
+            ),
+        ],
     )
 
 

@@ -14,7 +14,8 @@ On those files, after a warm-up pass each (page cache, Ray workers), it times:
 - raw pyarrow: `pq.read_table` per file, the same decode, `torch.from_numpy` per 32 rows;
 - the raw read alone (`pq.read_table`) vs `np.fromfile` of the same files, in file MB/s.
 Prints JSON and a one-line summary: samples/s and ratio Ray Data / pyarrow (goal >= 0.5),
-MB/s and ratio pyarrow / fromfile. Ray runs locally via `ensure_ray` (`--ray-cpus` logical
+MB/s and ratio pyarrow / fromfile; both Ray Data ratios also go to the summary table of
+`make bench` (`bench/goals.py`). Ray runs locally via `ensure_ray` (`--ray-cpus` logical
 CPUs, state under the work dir) and is shut down at the end.
 """
 
@@ -33,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from goals import Goal, record_goals
 
 from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
@@ -221,6 +223,18 @@ def main() -> None:
         f"{report['ratio_ray_data_v1_vs_pyarrow']} (goal >= 0.5); pyarrow read "
         f"{report['pyarrow_read_mb_per_s']} MB/s vs np.fromfile {report['fromfile_mb_per_s']} "
         f"MB/s: ratio {report['ratio_pyarrow_vs_fromfile']}"
+    )
+    record_goals(
+        "shards",
+        [
+            Goal(
+                f"samples/s to torch, Ray Data ({datasource} datasource) / raw pyarrow",
+                rates[f"ray_data_{datasource}"] / rates["raw_pyarrow"],
+                ">=",
+                0.5,
+            )
+            for datasource in ("v2", "v1")
+        ],
     )
 
 
