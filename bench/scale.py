@@ -2,11 +2,14 @@
 200 to 3,000 synthetic series (issue 16, "Scale").
 
     .venv/bin/python bench/scale.py [--sizes 200,1000,3000] [--slices 64] [--rows 256]
-        [--executor ray] [--ray-cpus 2] [--synth-jobs 2] [--work DIR] [--keep]
+        [--executor ray] [--ray-cpus 2] [--synth-jobs 2] [--pool 16] [--render-all]
+        [--work DIR] [--keep]
 
-Each size runs on a fresh root of its own. lungcls's synthetic generator writes the inbox
-(batches of 100 series, `--synth-jobs` at once; timed, not a stage), then `lungcls ingest`,
-`lungcls dataset build` and `lungcls train` (the default model, `train.epochs: 1`,
+Each size runs on a fresh root of its own. Its inbox (batches of 100 series; timed, not a
+stage) holds copies of `--pool` scans rendered once by lungcls's synthetic generator, each
+with a fake identity and pixels of its own (`scale_inbox`; `--render-all`: `synth_batch`
+renders every series, 4.5 times the CPU). Then `lungcls ingest`, `lungcls dataset build`
+and `lungcls train` (the default model, `train.epochs: 1`,
 `train.folds: 1`: one pass over the training split) run as real CLI processes, each with a
 local Ray of its own (`--ray-cpus` CPUs, no dashboard). Per stage: wall seconds (process
 start to exit: imports and Ray start-up included), seconds per series, and the peak of the
@@ -14,8 +17,9 @@ RSS summed over the process and all its descendants (Ray's GCS, raylet and worke
 every 0.2 s; shared pages count in every process that maps them. Then `ingest` and `dataset
 build` again on the unchanged inbox (they must find nothing new), as a share of the first.
 
-Goals (recorded for `bench/goals.py`): per stage, seconds per series and peak RSS vary by at
-most x1.2 across sizes; the rerun costs <= 3 % of the first ingest + build.
+Goals (`scale_report`, recorded for `bench/goals.py`): per stage, seconds per series, peak
+RSS and (from three sizes on) the marginal seconds per series between consecutive sizes vary
+by at most x1.2 across sizes; the rerun costs <= 3 % of the first ingest + build.
 
 Before anything is written it reads the free disk space, measures the bytes one series takes
 (inbox, series store, shards) on a 4-series probe, and refuses sizes that cannot fit.
@@ -24,7 +28,6 @@ Before anything is written it reads the free disk space, measures the bytes one 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -33,24 +36,17 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from goals import Goal, record_goals
+from goals import record_goals
+from scale_inbox import ScanPool, render_pool, write_scale_inbox
+from scale_report import ProcessTree, goals, print_tables, spreads
 
 from lungcls.io.storage import Storage
 from lungcls.sources.synth import SynthOptions, synth_batch
-
-try:
-    import psutil
-except ImportError:  # Ray ships a copy (ray/thirdparty_files), on sys.path once Ray is imported
-    _ray = importlib.util.find_spec("ray")
-    assert _ray is not None and _ray.origin is not None, "psutil or Ray is needed"
-    sys.path.append(str(Path(_ray.origin).parent / "thirdparty_files"))
-    import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-pseudonym-key-0123456789"
@@ -114,27 +110,30 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_inbox(root: Root, args: argparse.Namespace) -> float:
-    """The synthetic inbox: batches of 100 series, `--synth-jobs` at once; its seconds."""
+def synth_options(args: argparse.Namespace, scans: int = 1, seed: int = 0) -> SynthOptions:
+    """Square slices over the same field of view at any `--rows`."""
+    spacing = {"pixel_spacing_mm": FOV_MM / args.rows, "slice_spacing_mm": SLICE_STEP_MM}
+    grid = {"slices": args.slices, "rows": args.rows, "columns": args.rows}
+    return SynthOptions(scans=scans, seed=seed, **grid, **spacing)
+
+
+def write_inbox(root: Root, args: argparse.Namespace, pool: ScanPool | None) -> float:
+    """The synthetic inbox as batches `b<n>` of 100 series (seed n); its seconds. Copies
+    of `pool`'s scans (`scale_inbox`), archives `--synth-jobs` at once; with no pool
+    (`--render-all`), `synth_batch` renders every series, batches `--synth-jobs` at once."""
     counts = [min(BATCH_SERIES, root.series - s) for s in range(0, root.series, BATCH_SERIES)]
-    grid = (args.slices, args.rows)
+    storage, jobs = Storage(str(root.root)), args.synth_jobs
     started = time.monotonic()
-    with ProcessPoolExecutor(min(args.synth_jobs, len(counts))) as pool:
-        jobs = [
-            pool.submit(_synth, str(root.root), n, count, grid) for n, count in enumerate(counts)
-        ]
-        assert sum(job.result() for job in jobs) == root.series
+    if pool is not None:
+        for n, count in enumerate(counts):
+            write_scale_inbox(storage, f"b{n:03d}", count, synth_options(args), pool, n, jobs)
+    else:
+        with ProcessPoolExecutor(min(jobs, len(counts))) as workers:
+            options = [synth_options(args, count, n) for n, count in enumerate(counts)]
+            batches = [f"b{n:03d}" for n in range(len(counts))]
+            written = workers.map(synth_batch, [storage] * len(counts), batches, options)
+            assert sum(map(len, written)) == root.series
     return time.monotonic() - started
-
-
-def _synth(root: str, number: int, scans: int, grid: tuple[int, int]) -> int:
-    """Inbox batch `b<number>`: square slices over the same field of view at any size."""
-    slices, rows = grid
-    spacing = {"pixel_spacing_mm": FOV_MM / rows, "slice_spacing_mm": SLICE_STEP_MM}
-    options = SynthOptions(
-        scans=scans, slices=slices, rows=rows, columns=rows, seed=number, **spacing
-    )
-    return len(synth_batch(Storage(root), f"b{number:03d}", options))
 
 
 def stage_env(work: Path) -> dict[str, str]:
@@ -189,46 +188,20 @@ def run_stage(root: Root, stage: str, argv: list[str]) -> tuple[StageRun, dict[s
     return run, result
 
 
-class ProcessTree:
-    """A process and every process it started (Ray's included): their RSS summed, and what
-    is left of them killed, by pid, at the end. Processes stay counted once seen, even when a
-    parent exits before them and they are handed to init."""
-
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
-        self.seen: dict[int, Any] = {pid: self.root}
-        self.now = self.peak = self.at_peak = 0
-
-    def sample(self) -> None:
-        with suppress(psutil.Error):  # the root ended meanwhile
-            self.seen.update((p.pid, p) for p in self.root.children(recursive=True))
-        sizes: list[int] = []
-        for process in self.seen.values():
-            with suppress(psutil.Error):  # ended meanwhile; is_running: not a reused pid
-                if process.is_running():
-                    sizes.append(process.memory_info().rss)
-        self.now = sum(sizes)
-        if self.now > self.peak:
-            self.peak, self.at_peak = self.now, len(sizes)
-
-    def kill_leftovers(self) -> None:
-        for process in self.seen.values():
-            with suppress(psutil.Error):
-                process.kill()
-
-
 def last_json(text: str) -> dict[str, Any]:
     """The JSON a `--json` command printed last (progress lines may come before it)."""
     start = 0 if text.startswith("{") else text.rindex("\n{") + 1
     return json.loads(text[start:])
 
 
-def probe_bytes_per_series(work: Path, args: argparse.Namespace) -> dict[str, float]:
+def probe_bytes_per_series(
+    work: Path, args: argparse.Namespace, pool: ScanPool | None
+) -> dict[str, float]:
     """Bytes one series takes in each part of a root: a small batch ingested and built in
     process (no Ray); the build may leave a split with one class here."""
     probe = Root(work / "probe", PROBE_SERIES)
     probe.write_config("local", args.ray_cpus, dataset={"require_both_classes": False})
-    write_inbox(probe, args)
+    write_inbox(probe, args, pool)
     run_stage(probe, "probe ingest", ["ingest"])
     run_stage(probe, "probe dataset build", ["dataset", "build"])
     per_series = {part: size / PROBE_SERIES for part, size in probe.part_bytes().items()}
@@ -249,16 +222,19 @@ def check_disk(work: Path, per_series: dict[str, float], series: int, free: int)
     return need
 
 
-def run_size(work: Path, series: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_size(
+    work: Path, series: int, args: argparse.Namespace, pool: ScanPool | None
+) -> dict[str, Any]:
     """Synth, the three stages and the rerun on a fresh root of `series` series."""
     root = Root(work / f"size-{series}", series)
     root.write_config(args.executor, args.ray_cpus)
     print(f"[{series} series] writing the synthetic inbox …")
-    synth_s = write_inbox(root, args)
+    synth_s = write_inbox(root, args, pool)
     print(f"    synth (not a stage): {synth_s:.1f} s")
     ingest, ingested = run_stage(root, "ingest", ["ingest"])
-    if ingested["series_ingested"] != series:
-        raise BenchError(f"ingest took {ingested['series_ingested']} of {series} series")
+    if ingested["series_ingested"] != series or ingested["series_quarantined"]:
+        took, refused = ingested["series_ingested"], ingested["series_quarantined"]
+        raise BenchError(f"ingest took {took} of {series} series, quarantined {refused}")
     build, built = run_stage(root, "dataset build", ["dataset", "build"])
     train, trained = run_stage(root, "train", ["train"])
     disk = root.part_bytes()
@@ -285,76 +261,6 @@ def run_size(work: Path, series: int, args: argparse.Namespace) -> dict[str, Any
     }
 
 
-def spreads(sizes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per stage: max/min of s/series and of peak RSS over the sizes, and the marginal
-    seconds per series between the smallest and the largest size (the fixed cost removed)."""
-    result: dict[str, dict[str, float]] = {}
-    small, large = sizes[0], sizes[-1]
-    for index, stage in enumerate(s["stage"] for s in small["stages"]):
-        rows = [size["stages"][index] for size in sizes]
-        cost = [row["s_per_series"] for row in rows]
-        rss = [row["peak_rss_mib"] for row in rows]
-        added = large["series"] - small["series"]
-        seconds = large["stages"][index]["seconds"] - small["stages"][index]["seconds"]
-        result[stage] = {
-            "s_per_series_spread": max(cost) / min(cost),
-            "peak_rss_spread": max(rss) / min(rss),
-            "marginal_s_per_series": seconds / added if added else cost[0],
-        }
-    return result
-
-
-def print_tables(report: dict[str, Any]) -> None:
-    def row(*cells: object) -> None:
-        print("| " + " | ".join(str(cell) for cell in cells) + " |")
-
-    for size in report["sizes"]:
-        samples = ", ".join(f"{k} {sum(v.values())}" for k, v in size["samples"].items())
-        print(
-            f"\n{size['series']} series ({report['geometry']}, {size['hu_gib']:.1f} GiB of HU; "
-            f"samples {samples}); synth {size['synth_s']:.0f} s, not a stage"
-        )
-        row("stage", "seconds", "s/series", "peak RSS (MiB)", "processes at peak")
-        row(*["---"] * 5)
-        for s in size["stages"]:
-            row(
-                s["stage"],
-                f"{s['seconds']:.1f}",
-                f"{s['s_per_series']:.3f}",
-                f"{s['peak_rss_mib']:.0f}",
-                s["processes_at_peak"],
-            )
-        rerun = size["rerun"]
-        seconds = rerun["ingest_s"] + rerun["build_s"]
-        row("rerun: ingest + build", f"{seconds:.1f} = {100 * rerun['fraction']:.1f} % of first")
-    print()
-    row("stage", "s/series max/min", "peak RSS max/min", "marginal s/series")
-    row(*["---"] * 4)
-    for stage, spread in report["spreads"].items():
-        row(
-            stage,
-            f"{spread['s_per_series_spread']:.2f}",
-            f"{spread['peak_rss_spread']:.2f}",
-            f"{spread['marginal_s_per_series']:.3f}",
-        )
-
-
-def goals(report: dict[str, Any]) -> list[Goal]:
-    sizes = report["sizes"]
-    counts = "/".join(str(size["series"]) for size in sizes)
-    found: list[Goal] = []
-    if len(sizes) > 1:
-        for stage, row in report["spreads"].items():
-            over = f"max/min over {counts} series"
-            found.append(Goal(f"{stage}: s/series, {over}", row["s_per_series_spread"], "<=", 1.2))
-            found.append(Goal(f"{stage}: peak RSS, {over}", row["peak_rss_spread"], "<=", 1.2))
-    fractions = [100 * size["rerun"]["fraction"] for size in sizes]
-    what = "rerun of ingest + build on the unchanged inbox / first"
-    found.append(Goal(f"{what}, {sizes[-1]['series']} series", fractions[-1], "<=", 3, "%"))
-    found.append(Goal(f"{what}, worst of {counts} series", max(fractions), "<=", 3, "%"))
-    return found
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="200,1000,3000", help="series per run, comma-separated")
@@ -363,6 +269,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--executor", choices=["ray", "local"], default="ray")
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of each stage's Ray")
     parser.add_argument("--synth-jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--pool", type=int, default=16, help="scans rendered; series copy them")
+    parser.add_argument("--render-all", action="store_true", help="synth_batch every series")
     parser.add_argument("--work", default=str(REPO / ".lungcls-work"), help="parent folder")
     parser.add_argument("--keep", action="store_true", help="keep the roots and the work folder")
     args = parser.parse_args()
@@ -375,18 +283,23 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines
+    geometry = f"{args.slices}x{args.rows}x{args.rows}"
+    pool, started = None, time.monotonic()
+    if not args.render_all:  # once for all sizes: the series of every size copy these scans
+        pool = render_pool(synth_options(args), args.pool, jobs=args.synth_jobs)
+    pool_s = time.monotonic() - started
+    print(f"{args.pool} pool scans of {geometry} rendered in {pool_s:.0f} s" if pool else "")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.work).free
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.work))
-    geometry = f"{args.slices}x{args.rows}x{args.rows}"
-    print(f"work folder {work}: {free / GiB:.1f} GiB free; series of {geometry}")
+    print(f"work folder {work}: {free / GiB:.1f} GiB free")
     failed = False
     try:
-        per_series = probe_bytes_per_series(work, args)
+        per_series = probe_bytes_per_series(work, args, pool)
         series = sum(args.sizes) if args.keep else max(args.sizes)
         need = check_disk(work, per_series, series, free)
         print(f"bytes per series {per_series}: {series} series need ~{need / GiB:.1f} GiB")
-        sizes = [run_size(work, size, args) for size in args.sizes]
+        sizes = [run_size(work, size, args, pool) for size in args.sizes]
     except BenchError as error:
         failed = any(work.glob("size-*"))  # a stage failed: its logs stay, the data goes
         for data in work.glob("*/root"):
@@ -401,6 +314,8 @@ def main() -> int:
         "geometry": geometry,
         "executor": args.executor,
         "ray_cpus": args.ray_cpus,
+        "inbox": "synth_batch" if pool is None else f"copies of {args.pool} pool scans",
+        "pool_render_s": pool_s,
         "free_disk_gib": free / GiB,
         "bytes_per_series_probe": per_series,
         "sizes": sizes,
