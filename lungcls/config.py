@@ -165,7 +165,9 @@ class TrainSettings(BaseModel):
     max_failures: int = Field(3, description="Worker failures survived by resuming.")
     amp: bool = Field(True, description="Mixed precision, on GPU only.")
     cache_max_mb: float = Field(
-        2048, description="Datasets up to this size (decoded) are held in Ray's object store."
+        2048,
+        description="Datasets up to this size (decoded) are held in Ray's object store, and "
+        "each rank's share in its worker after the first epoch (no data wait after it).",
     )
 
 

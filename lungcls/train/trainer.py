@@ -67,6 +67,12 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def fits_in_memory(manifest: Manifest, train: TrainSettings) -> bool:
+    """Whether the dataset, decoded to float32, is small enough (`train.cache_max_mb`) to be
+    held in Ray's object store for the run, and each rank's share in its worker."""
+    return 4 * math.prod(manifest.tensor_shape) * manifest.samples / 2**20 <= train.cache_max_mb
+
+
 def _ray_storage(storage: Storage) -> tuple[Any, str]:
     filesystem, root = storage.arrow_filesystem()
     return filesystem, f"{root}/ray-train"
@@ -110,7 +116,6 @@ def _datasets(
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     verify_shards(storage, [s for split in ("train", "val") for s in manifest.shards_of(split)])
     filesystem, root = storage.arrow_filesystem()
-    decoded_mb = 4 * math.prod(manifest.tensor_shape) * manifest.samples / 2**20
     columns = ["tensor", "dtype", "shape", "label", "patient_id"]
     out = {}
     for split in ("train", "val"):
@@ -129,7 +134,7 @@ def _datasets(
                 batch_format="numpy",
             )
         dataset = dataset.map_batches(decode_batch, batch_format="numpy")
-        out[split] = dataset.materialize() if decoded_mb <= train.cache_max_mb else dataset
+        out[split] = dataset.materialize() if fits_in_memory(manifest, train) else dataset
     return out
 
 
@@ -163,6 +168,7 @@ def make_trainer(
         pos_weight=negatives / positives if train.class_balance == "weights" else 1.0,
         threads=max(1, int(train.cpus_per_worker)),
         shuffle_buffer=4 * train.batch_size,
+        cache_in_worker=fits_in_memory(manifest, train),
         storage=storage,
         run_id=run_id,
     )

@@ -1,8 +1,9 @@
 """The Ray Train worker: the epoch loop of `lungcls.train.loop`, wired to Ray.
 
 Each rank restores the last checkpoint (if any), then per epoch streams its share of the
-train shards (augmented with a generator seeded by seed, epoch and rank), validates on its
-share of the val shards, and gathers the scores so every rank computes the same AUC and
+train shards (augmented with a generator seeded by seed, epoch and rank; a small dataset's
+share is kept in the worker after the first epoch, `rank_cache`), validates on its share of
+the val shards, and gathers the scores so every rank computes the same AUC and
 takes the same early-stopping decision. Rank 0 reports a checkpoint every epoch and, after
 the report, rewrites `runs/<run>/history.json`: an epoch in that file is checkpointed.
 """
@@ -33,6 +34,7 @@ from lungcls.train.loop import (
     validate,
 )
 from lungcls.train.models import build_model
+from lungcls.train.rank_cache import RankCache
 from lungcls.train.runs import EpochMetrics, write_history
 
 CHECKPOINT_FILE = "state.pt"
@@ -49,6 +51,7 @@ class WorkerConfig:
     pos_weight: float  # negatives / positives with class_balance "weights", else 1
     threads: int  # torch threads per worker
     shuffle_buffer: int  # rows in Ray Data's local shuffle buffer
+    cache_in_worker: bool  # keep each rank's rows after its first pass (`RankCache`)
     storage: Storage
     run_id: str
 
@@ -111,6 +114,7 @@ class _Worker:
     device: torch.device
     state: TrainingState
     shards: dict[str, Any]  # split -> Ray DataIterator
+    cache: RankCache
 
     @classmethod
     def start(cls, job: WorkerConfig, rank: int) -> _Worker:
@@ -135,7 +139,8 @@ class _Worker:
             optimizer.load_state_dict(saved["optimizer"])
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(job.pos_weight, device=device))
         shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
-        return cls(job, rank, model, optimizer, loss_fn, device, state, shards)
+        cache = RankCache(job.cache_in_worker)
+        return cls(job, rank, model, optimizer, loss_fn, device, state, shards, cache)
 
     def run_epoch(self, epoch: int) -> EpochMetrics:
         """Train on this rank's share of the train split, validate, gather over all ranks."""
@@ -151,14 +156,23 @@ class _Worker:
             grad_clip_norm=train.grad_clip_norm,
             amp=train.amp and self.device.type == "cuda",
         )
-        batches = self.shards["train"].iter_torch_batches(
-            batch_size=train.batch_size,
-            local_shuffle_buffer_size=self.job.shuffle_buffer,
-            local_shuffle_seed=train.seed + epoch,
-            prefetch_batches=PREFETCH_BATCHES,
+        batches = self.cache.batches(
+            "train",
+            lambda: self.shards["train"].iter_torch_batches(
+                batch_size=train.batch_size,
+                local_shuffle_buffer_size=self.job.shuffle_buffer,
+                local_shuffle_seed=train.seed + epoch,
+                prefetch_batches=PREFETCH_BATCHES,
+            ),
+            train.batch_size,
+            shuffle_seed=train.seed + epoch,
         )
         stats = train_epoch(self.model, batches, self.optimizer, self.loss_fn, options)
-        val_batches = self.shards["val"].iter_torch_batches(batch_size=train.batch_size)
+        val_batches = self.cache.batches(
+            "val",
+            lambda: self.shards["val"].iter_torch_batches(batch_size=train.batch_size),
+            train.batch_size,
+        )
         validation = validate(self.model, val_batches, self.loss_fn, self.device)
         return summarise_epoch(epoch, stats, validation, rate, self.state.resumes)
 
