@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.processes import Service, free_ports, http_ok, log_contains, spawn, wait_for
-from lungcls.io.compute import short_path
+from lungcls.io.compute import RAY_START_ATTEMPTS, RAYLET_TIMEOUT, short_path
 
 # Ray swaps the literals 127.0.0.1 and localhost for the address of the default route (the
 # interface other machines would reach); any other loopback address it keeps as given.
@@ -28,9 +28,8 @@ HEAD_IP = "127.0.0.2"
 # Printed by `ray start` once every process of the node is up.
 READY_LINE = "Ray runtime started"
 # `ray start` gives a node's raylet a fixed 30 s to register with the head; on a loaded
-# machine it can take longer, and the node exits with this line. Starting it again works.
-RAYLET_TIMEOUT = "timed out during startup"
-START_ATTEMPTS = 3
+# machine it can take longer, and the node exits with RAYLET_TIMEOUT's line. Starting it
+# again works, as for a Ray started in process (`lungcls.io.compute.ensure_ray`).
 
 
 @dataclass(frozen=True)
@@ -133,13 +132,13 @@ def _start_node(
     timeout_s: float,
 ) -> Service:
     """`ray start` until Ray says it started, again when its raylet missed the window."""
-    for attempt in range(1, START_ATTEMPTS + 1):
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
         service = spawn(name, argv, env, folder / "ray-start.log", die_with_parent)
         try:
             wait_for(functools.partial(log_contains, service, READY_LINE), service, what, timeout_s)
             return service
         except RuntimeError:
-            if attempt == START_ATTEMPTS or not log_contains(service, RAYLET_TIMEOUT):
+            if attempt == RAY_START_ATTEMPTS or not log_contains(service, RAYLET_TIMEOUT):
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
 

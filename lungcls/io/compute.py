@@ -8,6 +8,7 @@ a whole cluster there.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import tempfile
@@ -18,6 +19,14 @@ from typing import Any, TypeVar
 from lungcls.config import Settings
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+# Ray gives a starting node's raylet a fixed 30 s to register; on a loaded machine it can
+# miss that window and the start fails with this text. Starting again works (a training's
+# rerun in `make stress` lost a round to it), so a local start is tried up to 3 times; the
+# local stack's `ray start` nodes do the same (infra/local/ray_nodes.py).
+RAYLET_TIMEOUT = "timed out during startup"
+RAY_START_ATTEMPTS = 3
 
 
 def ray_address(settings: Settings) -> str | None:
@@ -38,13 +47,26 @@ def ensure_ray(settings: Settings) -> None:
         return
     _use_project_auth_token(settings)
     _trim_ray_train_for_one_machine()
-    ray.init(
-        num_cpus=settings.ray.num_cpus or os.cpu_count(),
-        include_dashboard=settings.ray.dashboard,
-        log_to_driver=False,
-        _temp_dir=str(ray_temp_dir(settings)),
-        configure_logging=False,
-    )
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(
+                num_cpus=settings.ray.num_cpus or os.cpu_count(),
+                include_dashboard=settings.ray.dashboard,
+                log_to_driver=False,
+                _temp_dir=str(ray_temp_dir(settings)),
+                configure_logging=False,
+            )
+            return
+        except Exception as error:
+            if attempt == RAY_START_ATTEMPTS or RAYLET_TIMEOUT not in str(error):
+                raise
+            log.warning(
+                "the local Ray did not start within Ray's 30 s (a loaded machine); "
+                "starting it again (attempt %d of %d)",
+                attempt + 1,
+                RAY_START_ATTEMPTS,
+            )
+            ray.shutdown()
 
 
 def _trim_ray_train_for_one_machine() -> None:
