@@ -116,7 +116,9 @@ def make_settings(tmp: str, shape: int, **extra: Any) -> Settings:
 def train_run(tmp: str, args: argparse.Namespace, label: str, **train: Any) -> dict[str, Any]:
     """Train once with the given train settings; summarise its history and memory."""
     ray_settings = {"executor": "ray", "num_cpus": 2}
-    train = {"epochs": args.epochs, **train}
+    # One training, not the cross-validation `train.folds` (default 5) runs before it: the
+    # history measured is then that one run's.
+    train = {"epochs": args.epochs, "folds": 1, **train}
     settings = make_settings(tmp, args.shape, ray=ray_settings, train=train)
     print(f"training: {label} ({args.epochs} epochs)…", flush=True)
     with RayRss() as rss:
