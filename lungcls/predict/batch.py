@@ -147,17 +147,6 @@ class Scorer:
             model_version=self.record.version,
         )
 
-    def predictions(self, archive_id: str, series: list[PreparedSeries]) -> list[Prediction]:
-        """All series of one input, scored in batches of `SCORE_BATCH`."""
-        probabilities = [
-            p
-            for i in range(0, len(series), SCORE_BATCH)
-            for p in self.score([s.tensor for s in series[i : i + SCORE_BATCH]])
-        ]
-        return [
-            self.prediction(archive_id, s, p) for s, p in zip(series, probabilities, strict=True)
-        ]
-
 
 def _labels_in(storage: Storage, key: bytes) -> BatchLabels:
     """The labels.csv at the root of `storage`, or none."""
@@ -207,7 +196,7 @@ def predict_source(
     _log_refused(prepared)
     if prepared.refusal:
         raise PredictError(prepared.refusal, prepared.archive_id)
-    predictions = scorer.predictions(prepared.archive_id, prepared.series)
+    predictions = [p for _, p in _score(scorer, [(prepared, s) for s in prepared.series])]
     if saliency_dir is not None:
         for series, prediction in zip(prepared.series, predictions, strict=True):
             path = f"{saliency_dir}/{series.series_id}.png"
@@ -264,8 +253,8 @@ def predict_batch(
     waiting: list[tuple[PreparedInput, PreparedSeries]] = []  # the next forward batch
     jobs = [(storage, ref, settings.ingest, scorer.key, labels, scorer.input) for ref in archives]
     bar = tqdm(total=len(jobs), desc="predict", unit="input", disable=not progress)
-    for prepared in map_unordered(prepare_input, jobs, settings):  # fanned out, as ingest's
-        bar.update(1)
+    for done, prepared in enumerate(map_unordered(prepare_input, jobs, settings), start=1):
+        bar.update(1)  # fanned out as ingest's reading; scored below as batches fill
         _log_refused(prepared)
         url = storage.url(prepared.key)
         outcome = prepared.refusal or f"scored {len(prepared.series)} series"
@@ -273,9 +262,10 @@ def predict_batch(
             log.warning("input %s: not scored: %s", prepared.archive_id, prepared.refusal)
         inputs[prepared.key] = {"archive_id": prepared.archive_id, "input": url, "outcome": outcome}
         waiting += [(prepared, series) for series in prepared.series]
-        if len(waiting) >= SCORE_BATCH:
-            _score_waiting(scorer, waiting, scored)
-    _score_waiting(scorer, waiting, scored)
+        if len(waiting) >= SCORE_BATCH or done == len(jobs):
+            for of, prediction in _score(scorer, waiting):
+                scored.setdefault(of.key, []).append(prediction)
+            waiting.clear()
     bar.close()
     predictions = [p for key in sorted(scored, key=order.__getitem__) for p in scored[key]]
     out = out or f"predictions/{run_id}"
@@ -290,17 +280,15 @@ def predict_batch(
     return predictions, storage.url(out)
 
 
-def _score_waiting(
-    scorer: Scorer,
-    waiting: list[tuple[PreparedInput, PreparedSeries]],
-    scored: dict[str, list[Prediction]],
-) -> None:
-    """Score the waiting series in one forward pass, file them under their input, clear."""
-    if not waiting:
-        return
-    probabilities = scorer.score([series.tensor for _, series in waiting])
-    for (prepared, series), probability in zip(waiting, probabilities, strict=True):
-        scored.setdefault(prepared.key, []).append(
-            scorer.prediction(prepared.archive_id, series, probability)
-        )
-    waiting.clear()
+def _score(
+    scorer: Scorer, waiting: list[tuple[PreparedInput, PreparedSeries]]
+) -> list[tuple[PreparedInput, Prediction]]:
+    """The waiting series scored in forward passes of up to `SCORE_BATCH`, each with the
+    input it came from."""
+    scored = []
+    for start in range(0, len(waiting), SCORE_BATCH):
+        chunk = waiting[start : start + SCORE_BATCH]
+        probabilities = scorer.score([series.tensor for _, series in chunk])
+        for (prepared, series), probability in zip(chunk, probabilities, strict=True):
+            scored.append((prepared, scorer.prediction(prepared.archive_id, series, probability)))
+    return scored
