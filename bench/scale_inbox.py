@@ -32,7 +32,6 @@ accuracy (train and test share pool scans).
 from __future__ import annotations
 
 import io
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -40,7 +39,7 @@ import numpy as np
 import pydicom
 
 from lungcls.io.storage import Storage
-from lungcls.sources.dicom_writer import dicom_bytes
+from lungcls.sources.dicom_writer import dicom_bytes, pack_zip
 from lungcls.sources.fake_identities import fake_identity, scan_identity
 from lungcls.sources.synth import (
     SCANNER_MAPPING,
@@ -56,7 +55,6 @@ NAMESPACE = "-scale"  # the UIDs of a scale batch are never those of a synth bat
 ZIP_LEVEL = 1  # deflate level: a quarter of the default's CPU for 1.6 % more bytes
 HU_OFFSET = 4  # every series' HU move by a seeded -HU_OFFSET..+HU_OFFSET
 FLIPS_PER_SLICE = 4  # pixels per slice whose lowest bit is flipped
-_FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # as dicom_writer.pack_zip: same input, same bytes
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,7 @@ def _write_archive(
         uids.append([str(ds.SOPInstanceUID) for ds in datasets])
         folder = f"scan-{scan.index:04d}"
         members += [(f"{folder}/{k + 1:04d}.dcm", dicom_bytes(ds)) for k, ds in enumerate(datasets)]
-    storage.write_atomic(rel, pack_zip_fast(members))
+    storage.write_atomic(rel, pack_zip(members, level=ZIP_LEVEL))
     return uids
 
 
@@ -179,15 +177,3 @@ def series_pixels(hu: np.ndarray, seed: int, index: int) -> np.ndarray:
     flat = own.reshape(slices, rows * columns)
     flat[np.arange(slices)[:, None], pixels] ^= 1
     return own
-
-
-def pack_zip_fast(members: list[tuple[str, bytes]], level: int = ZIP_LEVEL) -> bytes:
-    """`dicom_writer.pack_zip` at deflate `level`: fixed timestamps and attributes."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members:
-            info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data, compresslevel=level)
-    return buffer.getvalue()

@@ -272,15 +272,16 @@ def dicom_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def pack_zip(members: list[tuple[str, bytes]]) -> bytes:
-    """A zip whose bytes depend only on the members (fixed timestamps and attributes)."""
+def pack_zip(members: list[tuple[str, bytes]], level: int | None = None) -> bytes:
+    """A zip whose bytes depend only on the members (fixed timestamps and attributes);
+    deflate at `level` (None: zlib's default)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members:
             info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
+            archive.writestr(info, data, compresslevel=level)
     return buffer.getvalue()
 
 
