@@ -114,8 +114,8 @@ def make_shards(tmp: Path, args: argparse.Namespace) -> tuple[list[str], tuple[i
     return paths, tuple(manifest.tensor_shape), facts
 
 
-def ray_map_batches(paths: list[str], shape: tuple[int, ...]) -> Iterator[dict[str, torch.Tensor]]:
-    """Decode in Ray tasks (`map_batches`), then `iter_torch_batches`."""
+def decoded_dataset(paths: list[str], shape: tuple[int, ...]) -> Any:
+    """The Ray Dataset over the shards, decoded to float32 in Ray tasks (`map_batches`)."""
     import ray.data
 
     def to_float(table: pa.Table) -> dict[str, np.ndarray]:
@@ -125,24 +125,19 @@ def ray_map_batches(paths: list[str], shape: tuple[int, ...]) -> Iterator[dict[s
         }
 
     ds = ray.data.read_parquet(paths).select_columns(COLUMNS)
-    ds = ds.map_batches(to_float, batch_format="pyarrow", batch_size=BATCH)
-    yield from ds.iter_torch_batches(batch_size=BATCH)
+    return ds.map_batches(to_float, batch_format="pyarrow", batch_size=BATCH)
+
+
+def ray_map_batches(paths: list[str], shape: tuple[int, ...]) -> Iterator[dict[str, torch.Tensor]]:
+    """Read and decode anew each pass, then `iter_torch_batches`."""
+    yield from decoded_dataset(paths, shape).iter_torch_batches(batch_size=BATCH)
 
 
 def materialized(paths: list[str], shape: tuple[int, ...]) -> Callable[..., Iterator]:
     """What training does with a dataset under `train.cache_max_mb`: read and decode once
     into the object store (`materialize`, v1 datasource), then every epoch only iterates.
     Returns a loader over that one materialised dataset; the caller times its building."""
-    import ray.data
-
-    def to_float(table: pa.Table) -> dict[str, np.ndarray]:
-        return {
-            "x": decode(buffers(table[TENSOR_COLUMN]), shape),
-            "label": table["label"].to_numpy(),
-        }
-
-    ds = ray.data.read_parquet(paths).select_columns(COLUMNS)
-    ds = ds.map_batches(to_float, batch_format="pyarrow", batch_size=BATCH).materialize()
+    ds = decoded_dataset(paths, shape).materialize()
 
     def ray_materialized(_paths: list[str], _shape: tuple[int, ...]) -> Iterator:
         yield from ds.iter_torch_batches(batch_size=BATCH)
