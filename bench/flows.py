@@ -42,8 +42,8 @@ def main() -> None:
     from goals import Goal, record_goals
     from prefect import flow
 
-    from flows.parameters import RetrainParameters
     from flows.retrain import retrain
+    from lungcls.flow_parameters import RetrainParameters
     from lungcls.io.storage import Storage
     from lungcls.sources.synth import SynthOptions, synth_batch
 

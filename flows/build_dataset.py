@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import publish, run_stage, stage_task
-from flows.parameters import RunParameters
 from lungcls.config import Settings
 from lungcls.dataset.build import build_dataset
 from lungcls.dataset.summary import BuildSummary
+from lungcls.flow_parameters import RunParameters
 from lungcls.io.storage import Storage
 from lungcls.pipeline import dataset_key
 

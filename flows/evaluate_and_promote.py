@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import publish, run_stage, stage_task
-from flows.parameters import EvaluateParameters
 from lungcls.config import Settings
 from lungcls.evaluate.evaluation import evaluate_model, resolve_version
 from lungcls.evaluate.report import EvaluationReport
+from lungcls.flow_parameters import EvaluateParameters
 from lungcls.io.storage import Storage
 from lungcls.pipeline import evaluation_key
 from lungcls.registry.decisions import Decision

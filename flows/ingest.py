@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import publish, run_stage, stage_task
-from flows.parameters import IngestParameters
 from lungcls.config import Settings
+from lungcls.flow_parameters import IngestParameters
 from lungcls.ingest.run import ingest
 from lungcls.ingest.summary import IngestSummary
 from lungcls.io.storage import Storage

@@ -8,8 +8,8 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from flows.common import publish, run_stage, stage_task
-from flows.parameters import MonitorParameters
 from lungcls.config import Settings
+from lungcls.flow_parameters import MonitorParameters
 from lungcls.io.storage import Storage
 from lungcls.monitor.run import MonitoringSummary, monitor_ingested
 

@@ -16,8 +16,8 @@ from flows.common import publish
 from flows.evaluate_and_promote import evaluate_and_promote_flow
 from flows.ingest import ingest_flow
 from flows.monitor import monitor_flow
-from flows.parameters import RetrainParameters
 from flows.train import train_flow
+from lungcls.flow_parameters import RetrainParameters
 from lungcls.pipeline import RetrainSummary, candidate_for, decision_for
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import publish, run_stage, stage_task
-from flows.parameters import TrainParameters
 from lungcls.config import Settings
 from lungcls.dataset.manifest import DatasetRef, load_manifest
+from lungcls.flow_parameters import TrainParameters
 from lungcls.io.storage import Storage
 from lungcls.pipeline import train_key, train_or_resume
 from lungcls.train.runs import TrainResult

@@ -27,8 +27,8 @@ def _run_retrain(
     prefect_defaults(settings)
     if args.executor:  # the flow reads its settings again: hand the override over
         os.environ["LUNGCLS_RAY__EXECUTOR"] = args.executor
-    from flows.parameters import RetrainParameters
     from flows.retrain import retrain
+    from lungcls.flow_parameters import RetrainParameters
 
     parameters = RetrainParameters(
         config_file=args.config, root=settings.root, batch=args.batch, force=force

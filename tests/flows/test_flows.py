@@ -17,10 +17,10 @@ import pytest
 from flows.build_dataset import build_dataset_flow
 from flows.common import RESULTS_DIR
 from flows.ingest import ingest_archives
-from flows.parameters import RetrainParameters, RunParameters
 from flows.retrain import retrain
 from lungcls.config import load_settings
 from lungcls.dataset.manifest import DatasetRef, list_versions, load_manifest
+from lungcls.flow_parameters import RetrainParameters, RunParameters
 from lungcls.io.storage import Storage
 from lungcls.monitor.batch_evaluation import read_batch_history
 from lungcls.pipeline import RetrainSummary

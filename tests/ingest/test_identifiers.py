@@ -27,10 +27,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from flows.ingest import ingest_flow
-from flows.parameters import IngestParameters
 from lungcls.config import Settings, load_settings
 from lungcls.dataset.build import build_dataset
 from lungcls.dataset.shards import read_shard_metadata
+from lungcls.flow_parameters import IngestParameters
 from lungcls.ingest.series_store import iter_series, load_series, read_series_index
 from lungcls.io.storage import Storage
 from lungcls.predict.batch import predict_batch, predict_source

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from flows.monitor import monitor_flow
-from flows.parameters import MonitorParameters
 from lungcls.config import Settings, load_settings
 from lungcls.dataset.build import build_dataset
+from lungcls.flow_parameters import MonitorParameters
 from lungcls.ingest.run import ingest
 from lungcls.io.storage import Storage
 from lungcls.monitor.batch_evaluation import BatchEvaluation, read_batch_history

@@ -1,4 +1,5 @@
-"""Typed flow parameters: the Prefect UI renders them as a form with these descriptions."""
+"""Typed parameters of the Prefect flows (`flows/`): the Prefect UI renders them as a form
+with these descriptions; the CLI builds them to run a flow."""
 
 from __future__ import annotations
 
