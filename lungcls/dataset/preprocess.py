@@ -3,8 +3,8 @@
 HU volume -> resample to `spacing_mm` on a patient-axis-aligned grid of `shape` voxels
 centered on the nodule (labels) or else on a lung -> clip to each HU window and scale to
 [0, 1], one channel per window. Resampling, cropping and padding are one trilinear
-`map_coordinates` call over just the voxels the patch needs, so cost and memory scale with
-the patch, not the scan; outside the scan is air (-1024 HU). 2D mode samples `shape[0]`
+interpolation over just the voxels the patch needs, so cost and memory scale with the patch,
+not the scan; outside the scan is air (-1024 HU). 2D mode samples `shape[0]`
 axial slices through the center and stacks them with the windows as channels; with
 `crop_center: image` the patch is centered on the image instead, so a whole slice at a
 coarse `spacing_mm` becomes one tensor (image-level labels, e.g. `lungcls import-images`).
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -144,6 +145,26 @@ def lung_center_mm(
     return voxel_to_mm(center_index, origin_xyz_mm, orientation, spacing_zyx_mm)
 
 
+def grid_to_source(
+    origin_xyz_mm: Sequence[float],
+    orientation: Sequence[float],
+    spacing_zyx_mm: Sequence[float],
+    center_xyz_mm: Sequence[float],
+    shape_zyx: Sequence[int],
+    out_spacing_zyx_mm: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map from a patch's voxel index to the source's: (matrix, offset) with
+    source (k, j, i) = matrix @ (z, y, x) + offset, for the patient-axis grid of `shape_zyx`
+    voxels of `out_spacing_zyx_mm` centered on `center_xyz_mm` (as `mm_to_voxel` of each
+    grid point's position, without building the grid)."""
+    to_source = _axes(orientation)[::-1] / np.asarray(spacing_zyx_mm, dtype=np.float64)[:, None]
+    # grid axes z, y, x step along patient z, y, x (columns 2, 1, 0 of a position)
+    matrix = to_source[:, ::-1] * np.asarray(out_spacing_zyx_mm, dtype=np.float64)
+    middle = (np.asarray(shape_zyx, dtype=np.float64) - 1) / 2.0
+    offsets = np.asarray(center_xyz_mm, dtype=np.float64) - np.asarray(origin_xyz_mm)
+    return matrix, to_source @ offsets - matrix @ middle
+
+
 def sample_patch(
     volume: np.ndarray,
     origin_xyz_mm: Sequence[float],
@@ -153,27 +174,105 @@ def sample_patch(
     shape_zyx: Sequence[int],
     out_spacing_zyx_mm: Sequence[float],
 ) -> np.ndarray:
-    """HU on a patient-axis grid of `shape_zyx` voxels centered on `center_xyz_mm`, float32."""
-    axes = [
-        (np.arange(n) - (n - 1) / 2.0) * s
-        for n, s in zip(shape_zyx, out_spacing_zyx_mm, strict=True)
-    ]
-    z, y, x = np.meshgrid(*axes, indexing="ij")
-    points = np.stack([x, y, z], axis=-1) + np.asarray(center_xyz_mm, dtype=np.float64)
-    index = np.moveaxis(mm_to_voxel(points, origin_xyz_mm, orientation, spacing_zyx_mm), -1, 0)
-
-    # Only the source voxels the patch touches are converted and interpolated.
-    low = np.clip(np.floor(index.reshape(3, -1).min(axis=1)).astype(int), 0, None)
-    high = np.minimum(np.ceil(index.reshape(3, -1).max(axis=1)).astype(int) + 1, volume.shape)
-    inside = np.all(
-        [(index[a] > -0.5) & (index[a] < volume.shape[a] - 0.5) for a in range(3)], axis=0
+    """HU on a patient-axis grid of `shape_zyx` voxels centered on `center_xyz_mm`, float32:
+    trilinear, the edge voxel up to half a voxel beyond the scan, air further out."""
+    matrix, offset = grid_to_source(
+        origin_xyz_mm, orientation, spacing_zyx_mm, center_xyz_mm, shape_zyx, out_spacing_zyx_mm
     )
+    if np.count_nonzero(matrix - np.diag(np.diag(matrix))) == 0:
+        return _sample_separable(volume, np.diag(matrix), offset, shape_zyx)
+    return _sample_affine(volume, matrix, offset, shape_zyx)
+
+
+def _sample_separable(
+    volume: np.ndarray, scale: np.ndarray, offset: np.ndarray, shape_zyx: Sequence[int]
+) -> np.ndarray:
+    """Each patch axis along one source axis (every axial series stored as usual): trilinear
+    interpolation is then linear interpolation along one axis after the other, over just the
+    source voxels the patch touches, instead of eight gathers per point."""
+    steps = [
+        _linear_steps(scale[axis] * np.arange(n_out) + offset[axis], volume.shape[axis])
+        for axis, n_out in enumerate(shape_zyx)
+    ]
+    if any(step is None for step in steps):
+        return np.full(tuple(shape_zyx), AIR_HU, dtype=np.float32)
+    region = volume[tuple(slice(step.first, step.stop) for step in steps)]
+    # Interpolate the difference to air: a point outside the scan, whose weights are zero on
+    # some axis, comes out as air. Shrinking axes first keeps the arrays small.
+    out = region.astype(np.float64) - AIR_HU
+    for axis in sorted(range(3), key=lambda a: len(steps[a].below) / region.shape[a]):
+        step = steps[axis]
+        along = [1, 1, 1]
+        along[axis] = -1
+        out = np.take(out, step.below, axis=axis) * step.below_weight.reshape(along) + np.take(
+            out, step.above, axis=axis
+        ) * step.above_weight.reshape(along)
+    return (out + AIR_HU).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _LinearSteps:
+    """Linear interpolation at points of one axis: the voxels below and above each point
+    (indices from `first`) and their weights; voxels first..stop-1 are the ones used."""
+
+    first: int
+    stop: int
+    below: np.ndarray
+    above: np.ndarray
+    below_weight: np.ndarray
+    above_weight: np.ndarray
+
+
+def _linear_steps(at: np.ndarray, n: int) -> _LinearSteps | None:
+    """Steps at fractional indices `at` of an axis of n voxels: the edge voxel up to half a
+    voxel beyond it, weight zero further out; None when every point is out."""
+    inside = (at > -0.5) & (at < n - 0.5)
+    if not inside.any():
+        return None
+    clipped = np.clip(at, 0, n - 1)
+    below = np.floor(clipped).astype(int)
+    above = np.minimum(below + 1, n - 1)
+    fraction = clipped - below
+    first, stop = int(below[inside].min()), int(above[inside].max()) + 1
+    return _LinearSteps(  # points out of the scan keep weight zero at any index in range
+        first=first,
+        stop=stop,
+        below=np.clip(below - first, 0, stop - first - 1),
+        above=np.clip(above - first, 0, stop - first - 1),
+        below_weight=np.where(inside, 1.0 - fraction, 0.0),
+        above_weight=np.where(inside, fraction, 0.0),
+    )
+
+
+def _sample_affine(
+    volume: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape_zyx: Sequence[int]
+) -> np.ndarray:
+    """Any orientation: point by point (`scipy.ndimage.affine_transform`), converting only
+    the source voxels inside the box of the patch's corners (the map is affine, so the
+    corners bound every point)."""
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape_zyx], indexing="ij"))
+    reach = matrix @ corners.reshape(3, -1) + offset[:, None]
+    low = np.clip(np.floor(reach.min(axis=1)).astype(int), 0, None)
+    high = np.minimum(np.ceil(reach.max(axis=1)).astype(int) + 1, volume.shape)
     if np.any(high <= low):
         return np.full(tuple(shape_zyx), AIR_HU, dtype=np.float32)
-    region = volume[low[0] : high[0], low[1] : high[1], low[2] : high[2]].astype(np.float32)
-    local = index - low.reshape(3, 1, 1, 1)
-    patch = ndimage.map_coordinates(region, local, order=1, mode="nearest", output=np.float32)
-    patch[~inside] = AIR_HU
+    region = volume[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    local = offset - low
+    patch = ndimage.affine_transform(
+        region,
+        matrix,
+        local,
+        output_shape=tuple(shape_zyx),
+        order=1,
+        mode="nearest",
+        output=np.float32,
+    )
+    if np.all((reach > -0.5) & (reach < np.asarray(volume.shape)[:, None] - 0.5)):
+        return patch  # every corner inside the scan, so every point
+    grids = np.ogrid[tuple(slice(0, n) for n in shape_zyx)]
+    for axis in range(3):
+        at = offset[axis] + sum(matrix[axis, a] * grids[a] for a in range(3))
+        patch[(at <= -0.5) | (at >= volume.shape[axis] - 0.5)] = AIR_HU
     return patch
 
 
