@@ -27,7 +27,9 @@ def unmatched_labels(
     file is not reported again every run; a batch with no series yet (labels delivered
     before their archives) is left until its archives are ingested.
     """
-    index = read_series_index(storage, ledger).select(
+    if not batches:
+        return []  # a rerun on an unchanged inbox reads no series file
+    index = read_series_index(storage, ledger, batches).select(
         ["batch", "series_id", "study_id", "patient_id"]
     )
     known: dict[str, set[str]] = defaultdict(set)

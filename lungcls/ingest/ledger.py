@@ -201,10 +201,13 @@ class Ledger:
         if entry is not None:
             self._add([_Row("retag", replace(entry, version_tag=version_tag))])
 
-    def series_files(self) -> dict[str, list[str]]:
-        """Series file -> the series ids in it that are current: what readers may see."""
+    def series_files(self, batches: Container[str] | None = None) -> dict[str, list[str]]:
+        """Series file -> the series ids in it that are current: what readers may see; only
+        those of `batches` (inbox names) when given (a series never spans batches)."""
         files: dict[str, list[str]] = {}
         for entry in self.entries:
+            if batches is not None and entry.batch not in batches:
+                continue
             if entry.status == "ingested" and entry.series_file:
                 files.setdefault(entry.series_file, []).extend(entry.series_ids)
         return files

@@ -220,11 +220,14 @@ def _records(table: pa.Table, wanted: Container[str]) -> Iterator[SeriesRecord]:
             yield SeriesRecord.from_row(row)
 
 
-def read_series_index(storage: Storage, ledger: Ledger | None = None) -> pa.Table:
-    """Metadata of every current series (no volumes), as the ledger defines them."""
+def read_series_index(
+    storage: Storage, ledger: Ledger | None = None, batches: Container[str] | None = None
+) -> pa.Table:
+    """Metadata of every current series (no volumes), as the ledger defines them; only the
+    series of `batches` (inbox names) when given."""
     ledger = ledger or Ledger.load(storage)
     tables = []
-    for rel, ids in ledger.series_files().items():
+    for rel, ids in ledger.series_files(batches).items():
         with storage.open(rel, "rb") as f:  # column projection: volumes are never read
             parquet = _open_series_file(f, storage.url(rel))
             present = [c for c in METADATA_COLUMNS if c in parquet.schema_arrow.names]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ from lungcls.ingest.label_table import (
 )
 from lungcls.ingest.ledger import LOG_DIR, Ledger
 from lungcls.ingest.run import ingest
+from lungcls.ingest.series_store import read_series_index
 from lungcls.io.quarantine import read_quarantine
 from lungcls.io.storage import Storage
 from lungcls.sources.synth import SynthOptions, synth_batch
@@ -160,6 +162,29 @@ def test_rows_that_match_no_series_are_reported_by_batch(settings: Settings) -> 
     )
     assert [(i.code, i.row) for i in items] == [("labels_unmatched", len(scans) + 1)]
     assert items[0].source_url == storage.url(LABELS) and "b1" not in items[0].message
+
+
+def test_only_the_batches_that_changed_are_matched(settings: Settings) -> None:
+    """Matching reads the series of the changed batches only: a rerun on an unchanged inbox
+    reads no series file, however many the store holds."""
+    storage = Storage.from_settings(settings)
+    synth_batch(storage, "b1", SMALL)
+    synth_batch(storage, "b2", replace(SMALL, seed=5))
+    ingest(settings, progress=False)
+    ledger = Ledger.load(storage)
+    everything = read_series_index(storage, ledger)
+    b2 = read_series_index(storage, ledger, ["b2"])
+    b2_id = batch_pseudonym(KEY, "b2")
+    assert 0 < b2.num_rows < everything.num_rows
+    assert set(b2["batch"].to_pylist()) == {b2_id}
+    assert sorted(b2["series_id"].to_pylist()) == sorted(
+        r["series_id"] for r in everything.to_pylist() if r["batch"] == b2_id
+    )
+    labels = current_labels(storage)
+    assert unmatched_labels(storage, ledger, labels, "r1", []) == []
+    for rel in ledger.series_files():  # nothing left to read: matching must not need it
+        storage.remove(rel)
+    assert unmatched_labels(storage, ledger, labels, "r1", []) == []
 
 
 def test_ingest_reads_a_late_labels_csv_without_reading_archives(settings: Settings) -> None:
