@@ -145,26 +145,6 @@ def lung_center_mm(
     return voxel_to_mm(center_index, origin_xyz_mm, orientation, spacing_zyx_mm)
 
 
-def grid_to_source(
-    origin_xyz_mm: Sequence[float],
-    orientation: Sequence[float],
-    spacing_zyx_mm: Sequence[float],
-    center_xyz_mm: Sequence[float],
-    shape_zyx: Sequence[int],
-    out_spacing_zyx_mm: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The affine map from a patch's voxel index to the source's: (matrix, offset) with
-    source (k, j, i) = matrix @ (z, y, x) + offset, for the patient-axis grid of `shape_zyx`
-    voxels of `out_spacing_zyx_mm` centered on `center_xyz_mm` (as `mm_to_voxel` of each
-    grid point's position, without building the grid)."""
-    to_source = _axes(orientation)[::-1] / np.asarray(spacing_zyx_mm, dtype=np.float64)[:, None]
-    # grid axes z, y, x step along patient z, y, x (columns 2, 1, 0 of a position)
-    matrix = to_source[:, ::-1] * np.asarray(out_spacing_zyx_mm, dtype=np.float64)
-    middle = (np.asarray(shape_zyx, dtype=np.float64) - 1) / 2.0
-    offsets = np.asarray(center_xyz_mm, dtype=np.float64) - np.asarray(origin_xyz_mm)
-    return matrix, to_source @ offsets - matrix @ middle
-
-
 def sample_patch(
     volume: np.ndarray,
     origin_xyz_mm: Sequence[float],
@@ -176,9 +156,14 @@ def sample_patch(
 ) -> np.ndarray:
     """HU on a patient-axis grid of `shape_zyx` voxels centered on `center_xyz_mm`, float32:
     trilinear, the edge voxel up to half a voxel beyond the scan, air further out."""
-    matrix, offset = grid_to_source(
-        origin_xyz_mm, orientation, spacing_zyx_mm, center_xyz_mm, shape_zyx, out_spacing_zyx_mm
-    )
+    # The grid maps to source voxels affinely: source (k, j, i) = matrix @ (z, y, x) + offset,
+    # what `mm_to_voxel` gives for each grid point's position, without building the grid.
+    to_source = _axes(orientation)[::-1] / np.asarray(spacing_zyx_mm, dtype=np.float64)[:, None]
+    # grid axes z, y, x step along patient z, y, x (columns 2, 1, 0 of a position)
+    matrix = to_source[:, ::-1] * np.asarray(out_spacing_zyx_mm, dtype=np.float64)
+    middle = (np.asarray(shape_zyx, dtype=np.float64) - 1) / 2.0
+    offsets = np.asarray(center_xyz_mm, dtype=np.float64) - np.asarray(origin_xyz_mm)
+    offset = to_source @ offsets - matrix @ middle
     if np.count_nonzero(matrix - np.diag(np.diag(matrix))) == 0:
         return _sample_separable(volume, np.diag(matrix), offset, shape_zyx)
     return _sample_affine(volume, matrix, offset, shape_zyx)
