@@ -125,6 +125,12 @@ class ModelSettings(BaseModel):
     depth: int = Field(3, description="Stages; each halves the resolution.")
     blocks_per_stage: int = 1
     dropout: float = 0.2
+    test_time_flips: bool = Field(
+        False,
+        description="Score every input as the mean logit over all flips of its spatial axes "
+        "(2D: 4 views, 3D: 8). Training's augmentation flips, so each view is one the model "
+        "knows; out-of-fold scores, evaluation and serving all see the averaged network.",
+    )
 
 
 class TrainSettings(BaseModel):

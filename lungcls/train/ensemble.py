@@ -1,12 +1,15 @@
-"""The network of a cross-validated model: the fold models' logits, averaged.
+"""The network a model version publishes: one CNN, or the fold models' logits averaged, and
+optionally each input's logit averaged over its flips (test-time augmentation).
 
-One `nn.Module` like any other model, so evaluation, prediction, saliency and the
+Each is one `nn.Module` like any other model, so evaluation, prediction, saliency and the
 TorchScript copy for serving need nothing special: `model(x)` is the mean logit of the
-members (averaging logits rather than probabilities keeps one sigmoid at the end, as a
-single network has).
+members and views (averaging logits rather than probabilities keeps one sigmoid at the end,
+as a single network has).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import nn
@@ -32,10 +35,38 @@ class Ensemble(nn.Module):
         return torch.cat([member.features(x) for member in self.members], dim=1)
 
 
+class FlipAveraged(nn.Module):
+    """`network`'s logit averaged over every combination of flips of the spatial axes: the
+    input itself and 3 flipped views in 2D, 7 in 3D. Why: a nodule or a slice flipped is
+    still the same case, and training flips at random (`augment`), so the views are ones the
+    network knows; their mean is steadier than any one (`model.test_time_flips`)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = range(2, x.ndim)
+        views = [list(c) for n in range(x.ndim - 1) for c in itertools.combinations(spatial, n)]
+        return torch.stack([self.network(x.flip(dims) if dims else x) for dims in views]).mean(0)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The unflipped input's penultimate layer (what monitoring compares)."""
+        return self.network.features(x)
+
+
+def for_inference(settings: ModelSettings, network: nn.Module) -> nn.Module:
+    """`network` as it scores: wrapped in `FlipAveraged` when `settings.test_time_flips`."""
+    return FlipAveraged(network) if settings.test_time_flips else network
+
+
 def build_network(
     settings: ModelSettings, tensor_shape: list[int], seed: int, members: int = 1
 ) -> nn.Module:
-    """A model's network: one CNN, or an `Ensemble` of `members` of them."""
+    """A model version's network: one CNN, or an `Ensemble` of `members` of them, as it
+    scores (`for_inference`)."""
     if members == 1:
-        return build_model(settings, tensor_shape, seed)
-    return Ensemble([build_model(settings, tensor_shape, seed + k) for k in range(members)])
+        network = build_model(settings, tensor_shape, seed)
+    else:
+        network = Ensemble([build_model(settings, tensor_shape, seed + k) for k in range(members)])
+    return for_inference(settings, network)

@@ -39,7 +39,7 @@ from lungcls.io.storage import Storage
 from lungcls.io.tables import frame_bytes, frame_of
 from lungcls.registry.records import BestEpoch, ModelRecord
 from lungcls.registry.store import publish_model, read_model_file, serialise_model
-from lungcls.train.ensemble import Ensemble
+from lungcls.train.ensemble import Ensemble, for_inference
 from lungcls.train.models import build_model
 from lungcls.train.runs import CrossValidation, FoldResult, TrainError, TrainResult
 from lungcls.train.scoring import score_samples
@@ -134,7 +134,8 @@ def train_fold(
     weights, best, history = best_epoch(result, train, fold_run)
     model = build_model(settings.model, manifest.tensor_shape, train.seed)
     model.load_state_dict(weights)
-    scores = score_samples(model.eval(), _pooled_samples(storage, manifest, holdout))
+    scoring = for_inference(settings.model, model).eval()  # as the published model scores
+    scores = score_samples(scoring, _pooled_samples(storage, manifest, holdout))
     scores["fold"] = fold
     folder = _fold_dir(run_id)
     buffer = io.BytesIO()
@@ -203,7 +204,7 @@ def _publish(
         epoch=int(statistics.median_low(r.best_epoch for r in results)), val_auc=cv.oof_auc
     )
     record = model_record(settings, manifest, run_id, [], best, cross_validation=cv)
-    files = serialise_model(Ensemble(members), record.tensor_shape)
+    files = serialise_model(for_inference(settings.model, Ensemble(members)), record.tensor_shape)
     files[OOF_SCORES] = frame_bytes(oof)
     version = publish_model(
         storage, settings.model.name, files, record, settings.storage.lease_only

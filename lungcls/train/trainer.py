@@ -33,6 +33,7 @@ from lungcls.io.compute import ensure_ray
 from lungcls.io.storage import Storage
 from lungcls.registry.records import BestEpoch, ModelRecord, TrainingEnvironment
 from lungcls.registry.store import publish_model, serialise_model
+from lungcls.train.ensemble import for_inference
 from lungcls.train.loop import TrainingState
 from lungcls.train.models import build_model
 from lungcls.train.runs import (
@@ -223,7 +224,7 @@ def publish_best(
     weights, best, history = best_epoch(result, settings.train, run_id)
     model.load_state_dict(weights)
     record = model_record(settings, manifest, run_id, history, best, tune)
-    files = serialise_model(model, record.tensor_shape)
+    files = serialise_model(for_inference(settings.model, model), record.tensor_shape)
     version = publish_model(
         storage, settings.model.name, files, record, settings.storage.lease_only
     )

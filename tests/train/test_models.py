@@ -1,18 +1,20 @@
 """The networks' penultimate layer (`features`, what drift monitoring compares) in 2D and
 3D, one CNN and a cross-validated ensemble: its width, that the logit is computed from it,
 and that the TorchScript copy for serving (traced `forward`) still gives the eager output
-from the same stored weights."""
+from the same stored weights; test-time flips: the mean over every flipped view, so a flipped
+input scores the same."""
 
 from __future__ import annotations
 
 import io
+from itertools import combinations
 
 import pytest
 import torch
 
 from lungcls.config import ModelSettings
 from lungcls.registry.store import serialise_model
-from lungcls.train.ensemble import Ensemble, build_network
+from lungcls.train.ensemble import Ensemble, FlipAveraged, build_network
 
 SETTINGS = ModelSettings(width=4, depth=2, dropout=0.5)
 CHANNELS = SETTINGS.width * 2 ** (SETTINGS.depth - 1)  # the last stage's width
@@ -54,3 +56,30 @@ def test_the_traced_copy_matches_the_eager_network_and_the_weights_keep_their_na
     x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(traced(x), loaded.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [[2, 16, 16], [1, 8, 16, 16]], ids=["2d", "3d"])
+def test_flip_averaged_scores_are_the_mean_over_flips_and_the_same_for_a_flipped_input(
+    shape: list[int],
+) -> None:
+    settings = SETTINGS.model_copy(update={"test_time_flips": True})
+    model = build_network(settings, shape, seed=7, members=2).eval()
+    assert isinstance(model, FlipAveraged) and isinstance(model.network, Ensemble)
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(2))
+    spatial = list(range(2, len(shape) + 1))
+    flips = [list(c) for n in range(len(spatial) + 1) for c in combinations(spatial, n)]
+    with torch.no_grad():
+        logits, plain = model(x), model.network(x)
+        views = torch.stack([model.network(x.flip(dims)) for dims in flips])
+        assert len(flips) == 2 ** len(spatial) and torch.allclose(logits, views.mean(0), atol=1e-6)
+        assert not torch.allclose(plain, logits, atol=1e-4)  # the views do differ
+        # Every flip of the input is one of the averaged views: its score does not change.
+        for dims in flips:
+            assert torch.allclose(model(x.flip(dims)), logits, atol=1e-5)
+    files = serialise_model(model, shape)
+    traced = torch.jit.load(io.BytesIO(files["model.ts"]))
+    loaded = build_network(settings, shape, seed=0, members=2)
+    loaded.load_state_dict(torch.load(io.BytesIO(files["model.pt"]), weights_only=True))
+    with torch.no_grad():
+        assert torch.allclose(traced(x), logits, atol=1e-5)
+        assert torch.allclose(loaded.eval()(x), logits, atol=1e-6)

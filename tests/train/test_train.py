@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,13 +161,17 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
     shared_root: Path, ray_local: None
 ) -> None:
     from lungcls.dataset.manifest import load_manifest
-    from lungcls.dataset.shards import read_shard_metadata
+    from lungcls.dataset.shards import iter_samples, read_shard_metadata
     from lungcls.evaluate.evaluation import evaluate_model
-    from lungcls.train.ensemble import Ensemble
+    from lungcls.train.ensemble import Ensemble, FlipAveraged
     from lungcls.train.folds import read_oof_scores
+    from lungcls.train.models import build_model
+    from lungcls.train.scoring import score_samples
 
     settings = _prepared(
-        shared_root, train={**TINY["train"], "epochs": 2, "folds": 2, "select_epoch": "last"}
+        shared_root,
+        train={**TINY["train"], "epochs": 2, "folds": 2, "select_epoch": "last"},
+        model={**TINY["model"], "name": "cnn-folds", "test_time_flips": True},
     )
     storage = Storage.from_settings(settings)
     result = train_model(settings)
@@ -192,14 +197,30 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
         oof.groupby("fold").size().sort_index()
     )
 
-    # The published network is the average of the fold models' logits, scripted alike.
+    # The published network is the average of the fold models' logits over the input and
+    # its 7 flipped views (`model.test_time_flips`), scripted alike.
     model = load_model(storage, record)
-    assert isinstance(model, Ensemble) and len(model.members) == 2
+    assert isinstance(model, FlipAveraged) and isinstance(model.network, Ensemble)
+    assert len(model.network.members) == 2
     x = torch.rand(3, 1, 16, 16, 16)
-    members = torch.stack([m(x) for m in model.members]).mean(dim=0)
-    assert torch.allclose(model(x), members, atol=1e-6)
+    flips = [[], [2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]]
+    views = [m(x.flip(dims)) for m in model.network.members for dims in flips]
+    assert torch.allclose(model(x), torch.stack(views).mean(dim=0), atol=1e-6)
     scripted = torch.jit.load(str(Path(settings.root) / record.folder / "model.ts"))
     assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+    # The out-of-fold scores are the fold model's, flip-averaged as the published one scores.
+    fold_model = build_model(settings.model, manifest.tensor_shape, seed=0)
+    fold_model.load_state_dict(torch.load(Path(settings.root) / f"runs/{result.run_id}/folds/0.pt"))
+    held_out = set(oof.loc[oof["fold"] == 0, "patient_id"])
+    shards = [s for split in ("train", "val") for s in manifest.shards_of(split)]
+    fold_samples = (s for s in iter_samples(storage, shards) if s.patient_id in held_out)
+    rescored = score_samples(FlipAveraged(fold_model).eval(), fold_samples)
+    fold_scores = oof[oof["fold"] == 0].reset_index(drop=True)
+    assert list(rescored["sample_id"]) == list(fold_scores["sample_id"])
+    assert abs(rescored["score"] - fold_scores["score"]).max() < 1e-5
+    plain = score_samples(fold_model.eval(), iter_samples(storage, shards)).set_index("sample_id")
+    assert not np.allclose(plain.loc[rescored["sample_id"], "score"], rescored["score"])
 
     # Evaluation fits calibration and the operating point on the out-of-fold scores.
     report = evaluate_model(settings).report
