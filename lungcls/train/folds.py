@@ -26,6 +26,7 @@ import io
 import statistics
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedKFold
@@ -194,17 +195,19 @@ def _publish(
         state = torch.load(io.BytesIO(weights), weights_only=True)
         member.load_state_dict(state)
         members.append(member)
-    oof = pd.concat(
+    raw = pd.concat(
         [frame_of(_fold_file(storage, folder, r, f"{r.fold}-scores.parquet")) for r in results],
         ignore_index=True,
     ).sort_values("sample_id", ignore_index=True)
+    oof, offsets, scales = standardise(raw)
     cv = CrossValidation(folds=results, oof_auc=_auc(oof))
     # The record's best epoch: the median of the folds' (what a refit would train for).
     best = BestEpoch(
         epoch=int(statistics.median_low(r.best_epoch for r in results)), val_auc=cv.oof_auc
     )
     record = model_record(settings, manifest, run_id, [], best, cross_validation=cv)
-    files = serialise_model(for_inference(settings.model, Ensemble(members)), record.tensor_shape)
+    ensemble = Ensemble(members, offsets, scales)
+    files = serialise_model(for_inference(settings.model, ensemble), record.tensor_shape)
     files[OOF_SCORES] = frame_bytes(oof)
     version = publish_model(
         storage, settings.model.name, files, record, settings.storage.lease_only
@@ -220,6 +223,23 @@ def _publish(
         history=[],
         cross_validation=cv,
     )
+
+
+def standardise(oof: pd.DataFrame) -> tuple[pd.DataFrame, list[float], list[float]]:
+    """Each fold's held-out scores on one scale: the logit minus the fold's mean logit, over
+    their spread (the `Ensemble`'s member offsets and scales, returned in fold order). The
+    labels are not used, so nothing is fitted to the outcome."""
+    logits = np.log(_clipped(oof["score"])) - np.log1p(-_clipped(oof["score"]))
+    by_fold = logits.groupby(oof["fold"])
+    offsets, scales = by_fold.mean(), by_fold.std(ddof=0).where(lambda v: v > 0, 1.0)
+    z = (logits - oof["fold"].map(offsets)) / oof["fold"].map(scales)
+    frame = oof.assign(score=1 / (1 + np.exp(-z)))
+    return frame, [float(v) for v in offsets], [float(v) for v in scales]
+
+
+def _clipped(scores: pd.Series) -> pd.Series:
+    # Scores are float32 sigmoids: 1.0 exactly beyond a logit of ~17; keep logits finite.
+    return scores.clip(1e-7, 1 - 1e-7)
 
 
 def _fold_file(storage: Storage, folder: str, result: FoldResult, name: str) -> bytes:

@@ -83,3 +83,21 @@ def test_flip_averaged_scores_are_the_mean_over_flips_and_the_same_for_a_flipped
     with torch.no_grad():
         assert torch.allclose(traced(x), logits, atol=1e-5)
         assert torch.allclose(loaded.eval()(x), logits, atol=1e-6)
+
+
+def test_an_ensemble_averages_standardised_logits_and_old_ensembles_load_as_before() -> None:
+    settings = SETTINGS
+    network = build_network(settings, [1, 16, 16], seed=1, members=2).eval()
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = [member(x) for member in network.members]
+        assert torch.allclose(network(x), (raw[0] + raw[1]) / 2, atol=1e-6)  # identity
+        network.offsets.copy_(torch.tensor([1.0, -2.0]))
+        network.scales.copy_(torch.tensor([2.0, 0.5]))
+        expected = ((raw[0] - 1.0) / 2.0 + (raw[1] + 2.0) / 0.5) / 2
+        assert torch.allclose(network(x), expected, atol=1e-5)
+        # A state dict saved before members were standardised has no offsets or scales.
+        old = {k: v for k, v in network.state_dict().items() if k not in ("offsets", "scales")}
+        loaded = build_network(settings, [1, 16, 16], seed=9, members=2).eval()
+        loaded.load_state_dict(old)
+        assert torch.allclose(loaded(x), (raw[0] + raw[1]) / 2, atol=1e-6)

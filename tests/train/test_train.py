@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -164,7 +165,7 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
     from lungcls.dataset.shards import iter_samples, read_shard_metadata
     from lungcls.evaluate.evaluation import evaluate_model
     from lungcls.train.ensemble import Ensemble, FlipAveraged
-    from lungcls.train.folds import read_oof_scores
+    from lungcls.train.folds import read_oof_scores, standardise
     from lungcls.train.models import build_model
     from lungcls.train.scoring import score_samples
 
@@ -197,30 +198,40 @@ def test_cross_validation_scores_every_patient_once_and_publishes_their_average(
         oof.groupby("fold").size().sort_index()
     )
 
-    # The published network is the average of the fold models' logits over the input and
-    # its 7 flipped views (`model.test_time_flips`), scripted alike.
+    # The published network averages the fold models' standardised logits over the input
+    # and its 7 flipped views (`model.test_time_flips`), scripted alike.
     model = load_model(storage, record)
     assert isinstance(model, FlipAveraged) and isinstance(model.network, Ensemble)
-    assert len(model.network.members) == 2
+    ensemble = model.network
+    assert len(ensemble.members) == 2
     x = torch.rand(3, 1, 16, 16, 16)
     flips = [[], [2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]]
-    views = [m(x.flip(dims)) for m in model.network.members for dims in flips]
-    assert torch.allclose(model(x), torch.stack(views).mean(dim=0), atol=1e-6)
+    views = [
+        (member(x.flip(dims)) - ensemble.offsets[k]) / ensemble.scales[k]
+        for k, member in enumerate(ensemble.members)
+        for dims in flips
+    ]
+    assert torch.allclose(model(x), torch.stack(views).mean(dim=0), atol=1e-5)
     scripted = torch.jit.load(str(Path(settings.root) / record.folder / "model.ts"))
     assert torch.allclose(scripted(x), model(x), atol=1e-5)
 
-    # The out-of-fold scores are the fold model's, flip-averaged as the published one scores.
+    # Each fold's held-out scores are its model's, flip-averaged as the published one
+    # scores; pooled, they are standardised with the offsets and scales the ensemble holds.
+    folds = Path(settings.root) / f"runs/{result.run_id}/folds"
     fold_model = build_model(settings.model, manifest.tensor_shape, seed=0)
-    fold_model.load_state_dict(torch.load(Path(settings.root) / f"runs/{result.run_id}/folds/0.pt"))
-    held_out = set(oof.loc[oof["fold"] == 0, "patient_id"])
+    fold_model.load_state_dict(torch.load(folds / "0.pt"))
+    raw = pd.read_parquet(folds / "0-scores.parquet")
     shards = [s for split in ("train", "val") for s in manifest.shards_of(split)]
-    fold_samples = (s for s in iter_samples(storage, shards) if s.patient_id in held_out)
-    rescored = score_samples(FlipAveraged(fold_model).eval(), fold_samples)
-    fold_scores = oof[oof["fold"] == 0].reset_index(drop=True)
-    assert list(rescored["sample_id"]) == list(fold_scores["sample_id"])
-    assert abs(rescored["score"] - fold_scores["score"]).max() < 1e-5
+    held_out = (s for s in iter_samples(storage, shards) if s.patient_id in set(raw["patient_id"]))
+    rescored = score_samples(FlipAveraged(fold_model).eval(), held_out)
+    assert list(rescored["sample_id"]) == list(raw["sample_id"])
+    assert abs(rescored["score"] - raw["score"]).max() < 1e-5
     plain = score_samples(fold_model.eval(), iter_samples(storage, shards)).set_index("sample_id")
-    assert not np.allclose(plain.loc[rescored["sample_id"], "score"], rescored["score"])
+    assert not np.allclose(plain.loc[raw["sample_id"], "score"], raw["score"])
+    pooled = pd.concat([pd.read_parquet(folds / f"{k}-scores.parquet") for k in (0, 1)])
+    expected, offsets, scales = standardise(pooled.sort_values("sample_id", ignore_index=True))
+    assert np.allclose(oof["score"], expected["score"])
+    assert np.allclose(ensemble.offsets, offsets) and np.allclose(ensemble.scales, scales)
 
     # Evaluation fits calibration and the operating point on the out-of-fold scores.
     report = evaluate_model(settings).report
