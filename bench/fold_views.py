@@ -1,0 +1,86 @@
+"""Out-of-fold AUC of a cross-validated run, each fold model scoring its held-out patients
+once as they are and once averaged over their flips (`model.test_time_flips`).
+
+Why here: whether test-time flips help is to be decided on out-of-fold scores, never on the
+test split, and both readings come from the same trained fold models (the stored weights of
+`runs/<run>/folds/<k>.pt`): no second training, so the comparison has no seed noise in it.
+
+    .venv/bin/python bench/fold_views.py ROOT [ROOT ...]   # roots kept by `--keep`
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lungcls.config import Settings, load_settings
+from lungcls.dataset.manifest import Manifest, load_manifest
+from lungcls.dataset.shards import iter_samples
+from lungcls.io.storage import Storage
+from lungcls.io.tables import frame_of
+from lungcls.registry.store import load_record
+from lungcls.train.ensemble import Ensemble, FlipAveraged
+from lungcls.train.folds import standardise
+from lungcls.train.models import build_model
+from lungcls.train.scoring import score_samples
+
+
+def oof_auc_by_views(
+    settings: Settings, manifest: Manifest, run_id: str
+) -> dict[str, dict[str, float]]:
+    """Per view ("plain", "flips"): the pooled out-of-fold AUC of run `run_id`'s fold models
+    (standardised per fold, as `train_folds` publishes them) and, for the record only, the
+    test AUC of their standardised average."""
+    storage = Storage.from_settings(settings)
+    pooled = [s for split in ("train", "val") for s in manifest.shards_of(split)]
+    members, held_out = [], []
+    for fold in range(settings.train.folds):
+        scores = frame_of(storage.read_bytes(f"runs/{run_id}/folds/{fold}-scores.parquet"))
+        held_out.append(set(scores["patient_id"]))
+        model = build_model(settings.model, manifest.tensor_shape, 0)
+        weights = storage.read_bytes(f"runs/{run_id}/folds/{fold}.pt")
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        members.append(model.eval())
+    results = {}
+    for view, wrap in (("plain", lambda m: m), ("flips", FlipAveraged)):
+        frames = []
+        for fold, (model, patients) in enumerate(zip(members, held_out, strict=True)):
+            samples = (s for s in iter_samples(storage, pooled) if s.patient_id in patients)
+            frames.append(score_samples(wrap(model).eval(), samples).assign(fold=fold))
+        oof, offsets, scales = standardise(pd.concat(frames, ignore_index=True))
+        ensemble = wrap(Ensemble(members, offsets, scales)).eval()
+        test = score_samples(ensemble, iter_samples(storage, manifest.shards_of("test")))
+        results[view] = {
+            "oof_auc": float(roc_auc_score(oof["label"], oof["score"])),
+            "test_auc": float(roc_auc_score(test["label"], test["score"])),
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="storage roots of finished runs")
+    args = parser.parse_args()
+    for root in args.roots:
+        settings = load_settings(None, root=str(root))
+        storage = Storage.from_settings(settings)
+        names = [p.name for p in (root / "models").iterdir()]
+        record = load_record(storage, names[0])
+        settings = settings.model_copy(update={"model": record.model, "train": record.train})
+        manifest = load_manifest(storage, record.dataset.name, record.dataset.version)
+        views = oof_auc_by_views(settings, manifest, record.train_run)
+        for view, aucs in views.items():
+            print(
+                f"{root.name} {view:5s}: out-of-fold AUC {aucs['oof_auc']:.4f}  "
+                f"(test AUC {aucs['test_auc']:.4f}, not for choosing)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
