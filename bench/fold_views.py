@@ -6,6 +6,10 @@ test split, and both readings come from the same trained fold models (the stored
 `runs/<run>/folds/<k>.pt`): no second training, so the comparison has no seed noise in it.
 
     .venv/bin/python bench/fold_views.py ROOT [ROOT ...]   # roots kept by `--keep`
+
+Prints, for every cross-validated model version under each storage root, the pooled
+out-of-fold AUC both ways, and beside it the test AUC of the averaged model (for the
+record: it must not choose).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from lungcls.dataset.manifest import Manifest, load_manifest
 from lungcls.dataset.shards import iter_samples
 from lungcls.io.storage import Storage
 from lungcls.io.tables import frame_of
-from lungcls.registry.store import load_record
+from lungcls.registry.store import list_model_versions, load_record
 from lungcls.train.ensemble import Ensemble, FlipAveraged
 from lungcls.train.folds import standardise
 from lungcls.train.models import build_model
@@ -67,19 +71,27 @@ def main() -> None:
     parser.add_argument("roots", nargs="+", type=Path, help="storage roots of finished runs")
     args = parser.parse_args()
     for root in args.roots:
-        settings = load_settings(None, root=str(root))
-        storage = Storage.from_settings(settings)
-        names = [p.name for p in (root / "models").iterdir()]
-        record = load_record(storage, names[0])
-        settings = settings.model_copy(update={"model": record.model, "train": record.train})
-        manifest = load_manifest(storage, record.dataset.name, record.dataset.version)
-        views = oof_auc_by_views(settings, manifest, record.train_run)
-        for view, aucs in views.items():
-            print(
-                f"{root.name} {view:5s}: out-of-fold AUC {aucs['oof_auc']:.4f}  "
-                f"(test AUC {aucs['test_auc']:.4f}, not for choosing)",
-                flush=True,
-            )
+        storage = Storage.from_settings(load_settings(None, root=str(root)))
+        for name in sorted(p.name for p in (root / "models").iterdir()):
+            for version in list_model_versions(storage, name):
+                record = load_record(storage, name, version)
+                if record.cross_validation is None:
+                    continue
+                settings = load_settings(
+                    None,
+                    root=str(root),
+                    model=record.model.model_dump(),
+                    train=record.train.model_dump(),
+                )
+                dataset = record.dataset
+                manifest = load_manifest(storage, dataset.name, dataset.version)
+                for view, aucs in oof_auc_by_views(settings, manifest, record.train_run).items():
+                    print(
+                        f"{root.name} {name} v{version} {view:5s}: out-of-fold AUC "
+                        f"{aucs['oof_auc']:.4f}  (test AUC {aucs['test_auc']:.4f}, not for "
+                        "choosing)",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":
