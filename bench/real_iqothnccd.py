@@ -9,7 +9,8 @@ patient; per class, the groups in `--test-range` of the case-number order are te
 of the groups spread over the rest are validation). Then the functions the `retrain` flow's
 tasks call, with one `Settings` (2D whole slices, see `SETTINGS`): `ingest`,
 `build_dataset`, `train_model` (Ray Train, 2 workers), `evaluate_model` (the pipeline picks
-the operating point on validation itself), `promote`. Reports are written as usual.
+the operating point itself: on out-of-fold scores with `train.folds` > 1, else on val),
+`promote`. Reports are written as usual.
 
 Printed: test ROC AUC with its patient-bootstrap 95 % CI, sensitivity and specificity at the
 operating point with CIs, the confusion matrix, training time; and the shortcut rule of
@@ -193,7 +194,7 @@ def summary(result: dict[str, Any]) -> str:
             f"test range {a:.1f}-{b:.1f} of each class's case numbers: "
             f"{sum(c.values())} images, {result['test_patients']} pseudonymous patients",
             f"  ROC AUC {result['auc']:.4f} (95 % CI {low:.4f}-{high:.4f})",
-            f"  operating point {result['operating_point']['threshold']:.3f}, chosen on val: "
+            f"  operating point {result['operating_point']['threshold']:.3f} (chosen off test): "
             f"sensitivity {result['sensitivity']:.3f} ({s_low:.3f}-{s_high:.3f}), "
             f"specificity {result['specificity']:.3f} ({p_low:.3f}-{p_high:.3f})",
             f"  confusion: TN {c['tn']}  FP {c['fp']}  FN {c['fn']}  TP {c['tp']}",
