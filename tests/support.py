@@ -19,6 +19,8 @@ OLD_ROOT = Path(__file__).resolve().parent / "fixtures" / "root-0.1.0"
 # Training settings that lungcls 0.1.0 did not have, as its records read back: it trained one
 # model on train and stopped on val (`folds: 1`); the others keep their defaults.
 TRAIN_FIELDS_SINCE_0_1_0 = {"folds": 1, "augment_quarter_turns": False, "select_epoch": "best"}
+# Model settings it did not have: it scored each input once (no test-time flips).
+MODEL_FIELDS_SINCE_0_1_0 = {"test_time_flips": False}
 
 
 def copy_root(source: Storage, target: Storage) -> None:

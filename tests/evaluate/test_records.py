@@ -24,7 +24,12 @@ from lungcls.registry.aliases import AliasPointer, read_alias
 from lungcls.registry.decisions import Decision, read_decisions
 from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import load_model, load_record, versions_trained_on
-from tests.support import OLD_ROOT, TRAIN_FIELDS_SINCE_0_1_0, make_settings
+from tests.support import (
+    MODEL_FIELDS_SINCE_0_1_0,
+    OLD_ROOT,
+    TRAIN_FIELDS_SINCE_0_1_0,
+    make_settings,
+)
 
 MODEL = "lung-nodule-cnn"
 MODEL_JSON = f"models/{MODEL}/v1/model.json"
@@ -64,6 +69,7 @@ def test_model_record_of_0_1_0_loads_typed(old_root: Path) -> None:
     assert json.loads(record.to_json()) == {
         **old,
         "train": {**old["train"], **TRAIN_FIELDS_SINCE_0_1_0},
+        "model": {**old["model"], **MODEL_FIELDS_SINCE_0_1_0},
     }
 
 

@@ -28,7 +28,12 @@ from lungcls.train.runs import (
     unfinished_runs,
     write_history,
 )
-from tests.support import OLD_ROOT, TRAIN_FIELDS_SINCE_0_1_0, make_settings
+from tests.support import (
+    MODEL_FIELDS_SINCE_0_1_0,
+    OLD_ROOT,
+    TRAIN_FIELDS_SINCE_0_1_0,
+    make_settings,
+)
 
 OLD_RUN = "train-20261130T202053Z-dfd1f3"
 DATASET = DatasetRef(name="lung-nodules", version=1)
@@ -52,7 +57,11 @@ def test_rewritten_records_keep_the_old_keys_and_gain_a_tag(old_root: Storage) -
     old = json.loads(old_root.read_bytes(run_path(OLD_RUN)))
     run = json.loads(load_run(old_root, OLD_RUN).to_json())
     assert run.pop("schema") == TrainRun.SCHEMA
-    assert run == {**old, "train": {**old["train"], **TRAIN_FIELDS_SINCE_0_1_0}}
+    assert run == {
+        **old,
+        "train": {**old["train"], **TRAIN_FIELDS_SINCE_0_1_0},
+        "model": {**old["model"], **MODEL_FIELDS_SINCE_0_1_0},
+    }
     write_history(old_root, OLD_RUN, read_history(old_root, OLD_RUN))
     written = json.loads(old_root.read_bytes(history_path(OLD_RUN)))
     assert written["schema"] == History.SCHEMA and len(written["epochs"]) == 2
