@@ -15,47 +15,39 @@ record: it must not choose).
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import pandas as pd
-import torch
 from sklearn.metrics import roc_auc_score
 
 from lungcls.config import Settings, load_settings
-from lungcls.dataset.manifest import Manifest, load_manifest
+from lungcls.dataset.manifest import load_manifest
 from lungcls.dataset.shards import iter_samples
 from lungcls.io.storage import Storage
-from lungcls.io.tables import frame_of
+from lungcls.registry.records import ModelRecord
 from lungcls.registry.store import list_model_versions, load_record
 from lungcls.train.ensemble import Ensemble, FlipAveraged
-from lungcls.train.folds import standardise
-from lungcls.train.models import build_model
+from lungcls.train.folds import fold_model, held_out_samples, read_fold_scores, standardise
 from lungcls.train.scoring import score_samples
 
 
-def oof_auc_by_views(
-    settings: Settings, manifest: Manifest, run_id: str
-) -> dict[str, dict[str, float]]:
-    """Per view ("plain", "flips"): the pooled out-of-fold AUC of run `run_id`'s fold models
-    (standardised per fold, as `train_folds` publishes them) and, for the record only, the
-    test AUC of their standardised average."""
+def oof_auc_by_views(settings: Settings, record: ModelRecord) -> dict[str, dict[str, float]]:
+    """Per view ("plain", "flips"): the pooled out-of-fold AUC of the fold models of
+    cross-validated `record` (standardised per fold, as `train_folds` publishes them) and,
+    for the record only, the test AUC of their standardised average."""
     storage = Storage.from_settings(settings)
-    pooled = [s for split in ("train", "val") for s in manifest.shards_of(split)]
-    members, held_out = [], []
-    for fold in range(settings.train.folds):
-        scores = frame_of(storage.read_bytes(f"runs/{run_id}/folds/{fold}-scores.parquet"))
-        held_out.append(set(scores["patient_id"]))
-        model = build_model(settings.model, manifest.tensor_shape, 0)
-        weights = storage.read_bytes(f"runs/{run_id}/folds/{fold}.pt")
-        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-        members.append(model.eval())
+    manifest = load_manifest(storage, record.dataset.name, record.dataset.version)
+    folds = record.cross_validation.folds
+    members = [fold_model(settings, manifest, record.train_run, f).eval() for f in folds]
+    held_out = [set(read_fold_scores(storage, record.train_run, f)["patient_id"]) for f in folds]
     results = {}
     for view, wrap in (("plain", lambda m: m), ("flips", FlipAveraged)):
-        frames = []
-        for fold, (model, patients) in enumerate(zip(members, held_out, strict=True)):
-            samples = (s for s in iter_samples(storage, pooled) if s.patient_id in patients)
-            frames.append(score_samples(wrap(model).eval(), samples).assign(fold=fold))
+        frames = [
+            score_samples(wrap(model).eval(), held_out_samples(storage, manifest, patients)).assign(
+                fold=fold.fold
+            )
+            for fold, model, patients in zip(folds, members, held_out, strict=True)
+        ]
         oof, offsets, scales = standardise(pd.concat(frames, ignore_index=True))
         ensemble = wrap(Ensemble(members, offsets, scales)).eval()
         test = score_samples(ensemble, iter_samples(storage, manifest.shards_of("test")))
@@ -83,9 +75,7 @@ def main() -> None:
                     model=record.model.model_dump(),
                     train=record.train.model_dump(),
                 )
-                dataset = record.dataset
-                manifest = load_manifest(storage, dataset.name, dataset.version)
-                for view, aucs in oof_auc_by_views(settings, manifest, record.train_run).items():
+                for view, aucs in oof_auc_by_views(settings, record).items():
                     print(
                         f"{root.name} {name} v{version} {view:5s}: out-of-fold AUC "
                         f"{aucs['oof_auc']:.4f}  (test AUC {aucs['test_auc']:.4f}, not for "

@@ -103,9 +103,12 @@ def _fold_dir(run_id: str) -> str:
     return f"runs/{run_id}/folds"
 
 
-def _pooled_samples(storage: Storage, manifest: Manifest, holdout: Holdout) -> Iterator[Sample]:
+def held_out_samples(
+    storage: Storage, manifest: Manifest, patients: frozenset[str] | set[str]
+) -> Iterator[Sample]:
+    """The train/val samples of `patients` (a fold's held-out patients)."""
     shards = [s for split in POOLED_SPLITS for s in manifest.shards_of(split)]
-    return (s for s in iter_samples(storage, shards) if s.patient_id in holdout.patients)
+    return (s for s in iter_samples(storage, shards) if s.patient_id in patients)
 
 
 def _auc(scores: pd.DataFrame) -> float | None:
@@ -136,7 +139,7 @@ def train_fold(
     model = build_model(settings.model, manifest.tensor_shape, train.seed)
     model.load_state_dict(weights)
     scoring = for_inference(settings.model, model).eval()  # as the published model scores
-    scores = score_samples(scoring, _pooled_samples(storage, manifest, holdout))
+    scores = score_samples(scoring, held_out_samples(storage, manifest, holdout.patients))
     scores["fold"] = fold
     folder = _fold_dir(run_id)
     buffer = io.BytesIO()
@@ -187,17 +190,9 @@ def _publish(
     settings: Settings, manifest: Manifest, run_id: str, results: list[FoldResult]
 ) -> TrainResult:
     storage = Storage.from_settings(settings)
-    folder = _fold_dir(run_id)
-    members = []
-    for result in results:
-        member = build_model(settings.model, manifest.tensor_shape, settings.train.seed)
-        weights = _fold_file(storage, folder, result, f"{result.fold}.pt")
-        state = torch.load(io.BytesIO(weights), weights_only=True)
-        member.load_state_dict(state)
-        members.append(member)
+    members = [fold_model(settings, manifest, run_id, result) for result in results]
     raw = pd.concat(
-        [frame_of(_fold_file(storage, folder, r, f"{r.fold}-scores.parquet")) for r in results],
-        ignore_index=True,
+        [read_fold_scores(storage, run_id, r) for r in results], ignore_index=True
     ).sort_values("sample_id", ignore_index=True)
     oof, offsets, scales = standardise(raw)
     cv = CrossValidation(folds=results, oof_auc=_auc(oof))
@@ -225,21 +220,34 @@ def _publish(
     )
 
 
+def fold_model(
+    settings: Settings, manifest: Manifest, run_id: str, result: FoldResult
+) -> torch.nn.Module:
+    """A finished fold's network, its stored weights loaded (verified against its record)."""
+    storage = Storage.from_settings(settings)
+    model = build_model(settings.model, manifest.tensor_shape, settings.train.seed)
+    weights = _fold_file(storage, _fold_dir(run_id), result, f"{result.fold}.pt")
+    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    return model
+
+
+def read_fold_scores(storage: Storage, run_id: str, result: FoldResult) -> pd.DataFrame:
+    """A finished fold's scores of its held-out patients, as its model gave them (verified)."""
+    return frame_of(_fold_file(storage, _fold_dir(run_id), result, f"{result.fold}-scores.parquet"))
+
+
 def standardise(oof: pd.DataFrame) -> tuple[pd.DataFrame, list[float], list[float]]:
     """Each fold's held-out scores on one scale: the logit minus the fold's mean logit, over
     their spread (the `Ensemble`'s member offsets and scales, returned in fold order). The
     labels are not used, so nothing is fitted to the outcome."""
-    logits = np.log(_clipped(oof["score"])) - np.log1p(-_clipped(oof["score"]))
+    # Scores are float32 sigmoids: 1.0 exactly beyond a logit of ~17; keep logits finite.
+    scores = oof["score"].clip(1e-7, 1 - 1e-7)
+    logits = np.log(scores) - np.log1p(-scores)
     by_fold = logits.groupby(oof["fold"])
     offsets, scales = by_fold.mean(), by_fold.std(ddof=0).where(lambda v: v > 0, 1.0)
     z = (logits - oof["fold"].map(offsets)) / oof["fold"].map(scales)
     frame = oof.assign(score=1 / (1 + np.exp(-z)))
     return frame, [float(v) for v in offsets], [float(v) for v in scales]
-
-
-def _clipped(scores: pd.Series) -> pd.Series:
-    # Scores are float32 sigmoids: 1.0 exactly beyond a logit of ~17; keep logits finite.
-    return scores.clip(1e-7, 1 - 1e-7)
 
 
 def _fold_file(storage: Storage, folder: str, result: FoldResult, name: str) -> bytes:
